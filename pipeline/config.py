@@ -1,0 +1,220 @@
+"""The run configuration: one YAML file, validated in full before any work starts.
+
+Every model forbids unknown keys, so a typo stops the run with the key's dotted path and the reason.
+Sections map one-to-one onto stages; `train` is consumed by `stages/train/`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that must stop the run before any work; the message names key and reason."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+InputFormat = Literal["auto", "jsonl", "parquet", "csv", "tsv", "text", "warc", "wet"]
+
+
+class InputSpec(Section):
+    """One input: a file, a glob, or a folder (text files become one document each)."""
+
+    path: str
+    format: InputFormat = "auto"
+    source: str | None = Field(None, description="source name; default: the file or folder name")
+    text_field: str = "text"
+    id_field: str | None = "id"
+    url_field: str | None = "url"
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, v: str) -> str:
+        import glob
+
+        if not (Path(v).exists() or glob.glob(v)):
+            raise ValueError(f"input path does not exist: {v}")
+        return v
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="join an existing cluster; RAY_ADDRESS also works")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for the embedded local cluster")
+    dashboard: bool = True
+    dashboard_port: int = Field(8265, ge=0, le=65535)
+
+
+class IngestConfig(Section):
+    max_chars: int = Field(1_000_000, ge=1, description="longer documents are rejected as too_long")
+    html_extractor: Literal["trafilatura", "resiliparse"] = "trafilatura"
+
+
+class CleanConfig(Section):
+    unicode_form: Literal["NFC", "NFKC"] = "NFC"
+    strip_control: bool = True
+    collapse_whitespace: bool = True
+
+
+class ExactDedupConfig(Section):
+    enabled: bool = True
+
+
+class FuzzyDedupConfig(Section):
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    num_perm: int = Field(128, ge=2, le=1024)
+    bands: int | None = Field(None, ge=1)
+    rows: int | None = Field(None, ge=1)
+    ngram: int = Field(5, ge=1)
+    char_ngrams: bool = False
+    lowercase: bool = True
+    seed: int = 1
+    backend: Literal["numpy", "torch"] = "numpy"
+    verify: bool = True
+    clustering: Literal["auto", "distributed", "union_find"] = "auto"
+    against: str | None = Field(None, description="an earlier run dir whose band index new docs are checked against")
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> "FuzzyDedupConfig":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither")
+        if self.bands and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+class DedupConfig(Section):
+    exact: ExactDedupConfig = ExactDedupConfig()
+    fuzzy: FuzzyDedupConfig = FuzzyDedupConfig()
+
+
+class LangIdConfig(Section):
+    enabled: bool = True
+    model: str | None = Field(None, description="fastText LID model; default: the installed lid.176.ftz")
+    allow: list[str] | None = Field(None, description="language codes to keep; null keeps all")
+    min_score: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class RulesConfig(Section):
+    enabled: bool = True
+    signals_only: bool = False
+    disable: list[str] = Field(default_factory=list, description="rule names to switch off")
+    params: dict[str, float] = Field(default_factory=dict, description="override a rule's threshold by name")
+
+
+class ClassifierConfig(Section):
+    enabled: bool = False
+    model: str | None = None
+    label: str = "__label__hq"
+    threshold: float = Field(0.8, ge=0.0, le=1.0)
+
+
+class QualityConfig(Section):
+    langid: LangIdConfig = LangIdConfig()
+    rules: RulesConfig = RulesConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+
+
+class TokenizeConfig(Section):
+    enabled: bool = True
+    tokenizer: str | None = Field(None, description="a tokenizer.json; default: train a byte-level BPE")
+    vocab_size: int = Field(32_000, ge=256)
+    train_sample_docs: int = Field(20_000, ge=1)
+    eod_token: str | None = "<|endoftext|>"
+    seed: int = 0
+
+
+class ShardConfig(Section):
+    tokens_per_shard: int = Field(50_000_000, ge=1)
+    shuffle: bool = True
+    seed: int = 0
+
+
+class TrainConfig(Section):
+    enabled: bool = False
+    preset: Literal["tiny", "small", "base"] = "tiny"
+    seq_len: int = Field(256, ge=8)
+    batch_size: int = Field(8, ge=1, description="sequences per worker per step")
+    steps: int = Field(100, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    compile: bool = False
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1)
+    report_every: int = Field(10, ge=1)
+    eval_every: int = Field(50, ge=1)
+    max_failures: int = Field(1, ge=0)
+
+
+class OutputConfig(Section):
+    partitions: int = Field(8, ge=1, description="files per kept/rejected folder; fixed so output never depends on workers")
+
+
+class SluiceConfig(Section):
+    """The whole run."""
+
+    out: str = "runs/latest"
+    inputs: list[InputSpec] = Field(default_factory=list)
+    ray: RayConfig = RayConfig()
+    ingest: IngestConfig = IngestConfig()
+    clean: CleanConfig = CleanConfig()
+    dedup: DedupConfig = DedupConfig()
+    quality: QualityConfig = QualityConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
+    shard: ShardConfig = ShardConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+
+    def section_hash(self, *names: str) -> str:
+        """A stable hash of the named sections, used to tell whether finished work is still valid."""
+        data = {n: getattr(self, n).model_dump(mode="json") if hasattr(getattr(self, n), "model_dump")
+                else [i.model_dump(mode="json") for i in getattr(self, n)] for n in names}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config {origin}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, origin: str = "<dict>") -> SluiceConfig:
+    try:
+        return SluiceConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None) -> SluiceConfig:
+    """Load a YAML config (or the defaults when `path` is None) and apply top-level overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path}: the top level must be a mapping")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return parse_config(data, str(path) if path else "<defaults>")

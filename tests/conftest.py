@@ -1,0 +1,53 @@
+"""Shared fixtures: one Ray cluster per session, one Prefect test harness, the shared real data."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+
+# Keep Prefect's and Ray's state out of the user's home, before either is imported.
+_STATE = Path(tempfile.mkdtemp(prefix="sluice-test-"))
+os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("SLUICE_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data; missing it fails loudly in CI and skips only on a developer's machine."""
+    if not (SHARED / "MANIFEST.md").is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"shared data missing at {SHARED}: CI must have it")
+        pytest.skip(f"shared data missing at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs, no dashboard) shared by every test that needs Ray."""
+    import ray
+
+    from pipeline.runtime import configure_data_context
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _temp_dir=str(_STATE / "ray"), configure_logging=False)
+    configure_data_context()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test harness (a real temporary server + database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

@@ -126,19 +126,23 @@ class QualityConfig(Section):
 class TokenizeConfig(Section):
     enabled: bool = True
     tokenizer: str | None = Field(None, description="a tokenizer.json; default: train a byte-level BPE")
-    vocab_size: int = Field(32_000, ge=256)
-    train_sample_docs: int = Field(20_000, ge=1)
-    eod_token: str | None = "<|endoftext|>"
+    vocab_size: int = Field(32_000, ge=256, description="vocabulary of the trained BPE")
+    train_sample_docs: int = Field(20_000, ge=1, description="documents in the seeded BPE training sample")
+    eod_token: str | None = Field(
+        "auto", description="appended to every document; 'auto': the tokenizer's own end token; null: none")
     seed: int = 0
 
 
 class ShardConfig(Section):
-    tokens_per_shard: int = Field(50_000_000, ge=1)
-    shuffle: bool = True
+    tokens_per_shard: int = Field(50_000_000, ge=1, le=1_000_000_000,
+                                  description="a shard closes at the first document that reaches this")
+    shuffle: bool = Field(True, description="seeded global shuffle of documents; off: the curated run's order")
     seed: int = 0
 
 
 class TrainConfig(Section):
+    """The MoE training job (`stages/train/`); model shape comes from `preset`, routing from the rest."""
+
     enabled: bool = False
     preset: Literal["tiny", "small", "base"] = "tiny"
     seq_len: int = Field(256, ge=8)
@@ -150,13 +154,25 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs per Train worker; leave room for anything else")
     use_gpu: bool = False
     compile: bool = False
     seed: int = 0
+    score_func: Literal["softmax", "sigmoid"] = "sigmoid"
+    balance: bool = Field(True, description="auxiliary-loss-free balancing through the per-expert bias")
+    bias_update_rate: float = Field(1e-3, ge=0, description="gamma: bias step per optimizer step")
+    seq_aux_loss_weight: float = Field(1e-4, ge=0, description="sequence-wise balance loss; 0 turns it off")
+    tie_embeddings: bool = True
+    expert_impl: Literal["auto", "grouped", "loop"] = "auto"
     checkpoint_every: int = Field(50, ge=1)
-    report_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    report_every: int = Field(10, ge=1, description="steps between ray.train.report calls (~1 s each)")
     eval_every: int = Field(50, ge=1)
+    eval_batches: int = Field(4, ge=1)
     max_failures: int = Field(1, ge=0)
+    run_name: str = Field("train", description="Ray Train run name; reusing it resumes that run")
+    fault_at_step: int | None = Field(
+        None, ge=1, description="chaos testing: the last worker kills its own process at this step, first attempt only")
 
 
 class OutputConfig(Section):

@@ -33,6 +33,7 @@ def start_ray(cfg: RayConfig | None = None) -> str | None:
         ray.init(address=address, runtime_env=_runtime_env(), **common)
     else:
         ray.init(
+            address="local",  # never attach silently to some other cluster on this machine
             num_cpus=cfg.num_cpus,
             include_dashboard=cfg.dashboard,
             dashboard_host="127.0.0.1",

@@ -1,0 +1,387 @@
+"""The data-quality report: one self-contained HTML file per run (`RUN/report.html`).
+
+Figures are drawn with matplotlib and embedded as inline SVG. Static vector images need no
+JavaScript, no CDN and no network fetch, stay sharp at any zoom, and keep the report a single file
+that opens offline and diffs as text; interactive plotting libraries (Plotly, Bokeh, Vega) would
+have to inline megabytes of JavaScript or fetch it from a CDN. matplotlib is already a dependency.
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+
+from pipeline.rundir import atomic_write_bytes, safe_join
+
+KEPT_COLOR, REJECTED_COLOR, ACCENT = "#2a9d8f", "#e76f51", "#264653"
+SAMPLES_PER_REASON = 3
+SAMPLE_CHARS = 600
+TOP_LANGUAGES = 15
+TOP_REASONS = 25
+WHY_SVG = ("Figures are matplotlib charts embedded as inline SVG: static vector images need no "
+           "JavaScript, CDN or network access, stay sharp at any zoom, and keep this report one "
+           "self-contained file that opens offline.")
+
+
+@dataclass
+class RunData:
+    """What the report reads from a run directory."""
+
+    root: Path
+    summary: dict
+    kept: pl.DataFrame  # length, lang?, quality_score?
+    rejected: pl.DataFrame  # id, source, stage, reason, detail, cluster_id, length
+    shard_tokens: list[tuple[str, int]]
+
+
+def _read(folder: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    """These columns of a folder's Parquet files (null where a file lacks one) plus each text's
+    `length`; texts themselves are not loaded, so a large run's documents never sit in memory at once."""
+    schema = {**columns, "length": pl.Int64}
+    frames = []
+    for f in sorted(folder.glob("*.parquet")):
+        present = pl.read_parquet_schema(f)
+        cols = [pl.col(c).cast(t) if c in present else pl.lit(None, t).alias(c) for c, t in columns.items()]
+        cols.append(pl.col("text").str.len_chars().cast(pl.Int64).alias("length") if "text" in present
+                    else pl.lit(None, pl.Int64).alias("length"))
+        frames.append(pl.scan_parquet(f).select(cols).collect())
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
+def _texts(folder: Path, ids: list[str]) -> dict[str, str]:
+    files = sorted(folder.glob("*.parquet"))
+    if not files or not ids:
+        return {}
+    found = pl.scan_parquet(files).filter(pl.col("id").is_in(ids)).select("id", "text").collect()
+    return dict(found.iter_rows())
+
+
+def _shard_tokens(run: Path) -> list[tuple[str, int]]:
+    manifest = run / "shards" / "manifest.json"
+    if not manifest.is_file():
+        return []
+    shards = json.loads(manifest.read_text()).get("shards", [])
+    out = []
+    for i, s in enumerate(shards):
+        name = s.get("path") or s.get("name") or f"shard {i}"
+        safe_join(run / "shards", str(name))  # a manifest path must stay inside the run
+        out.append((Path(str(name)).name, int(s.get("tokens", 0))))
+    return out
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    run = Path(run_dir)
+    summary_file = run / "summary.json"
+    if not summary_file.is_file():
+        raise FileNotFoundError(f"{summary_file} not found: is {run} a finished curate run?")
+    kept = _read(run / "kept", {"lang": pl.String, "quality_score": pl.Float64})
+    rejected = _read(run / "rejected", {c: pl.String for c in ("id", "source", "stage", "reason", "detail",
+                                                                "cluster_id")})
+    return RunData(run, json.loads(summary_file.read_text()), kept, rejected, _shard_tokens(run))
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def _svg(fig: Figure, salt: str) -> str:
+    """The figure as an inline <svg> element, byte-identical for identical data."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": f"sluice-{salt}", "svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE, invalid inside HTML
+
+
+def _figure(height: float = 3.2) -> tuple[Figure, object]:
+    fig = Figure(figsize=(8, height), dpi=100)
+    ax = fig.subplots()
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig, ax
+
+
+def _hbar(labels: list[str], values: list[int], title: str, color: str, salt: str) -> str:
+    fig, ax = _figure(max(2.0, 0.32 * len(labels) + 1))
+    y = np.arange(len(labels))[::-1]
+    ax.barh(y, values, color=color)
+    ax.set_yticks(y, labels)
+    for yi, v in zip(y, values):
+        ax.text(v, yi, f" {v:,}", va="center", fontsize=8)
+    ax.set_title(title, loc="left")
+    ax.margins(x=0.15)
+    return _svg(fig, salt)
+
+
+def funnel_figure(summary: dict) -> str:
+    labels = ["inputs"] + [s["stage"] for s in summary["stages"]]
+    values = [summary["inputs"]] + [s["kept"] for s in summary["stages"]]
+    return _hbar(labels, values, "Documents left after each stage", ACCENT, "funnel")
+
+
+def reasons_figure(reasons: list[tuple[str, int]]) -> str:
+    return _hbar([r for r, _ in reasons], [n for _, n in reasons], "Rejections by reason", REJECTED_COLOR, "reasons")
+
+
+def _histogram(kept: np.ndarray, rejected: np.ndarray, bins: np.ndarray, title: str, xlabel: str,
+               salt: str, log_x: bool = False) -> str:
+    fig, ax = _figure()
+    for values, color, label in ((kept, KEPT_COLOR, "kept"), (rejected, REJECTED_COLOR, "rejected")):
+        if len(values):
+            ax.hist(values, bins=bins, color=color, alpha=0.55, label=f"{label} ({len(values):,})")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("documents")
+    ax.set_title(title, loc="left")
+    ax.legend(frameon=False)
+    return _svg(fig, salt)
+
+
+def length_figure(kept: np.ndarray, rejected: np.ndarray) -> str:
+    top = max(int(np.max(kept, initial=1)), int(np.max(rejected, initial=1)), 10)
+    bins = np.logspace(0, np.log10(top + 1), 40)
+    return _histogram(np.maximum(kept, 1), np.maximum(rejected, 1), bins,
+                      "Document length", "characters (log scale)", "length", log_x=True)
+
+
+def quality_figure(kept: np.ndarray, rejected: np.ndarray) -> str:
+    return _histogram(kept, rejected, np.linspace(0, 1, 41), "Quality classifier score", "score", "quality")
+
+
+def language_figure(langs: list[tuple[str, int, int]]) -> str:
+    fig, ax = _figure(max(2.0, 0.3 * len(langs) + 1))
+    y = np.arange(len(langs))[::-1]
+    kept = np.array([k for _, k, _ in langs])
+    rejected = np.array([r for _, _, r in langs])
+    ax.barh(y, kept, color=KEPT_COLOR, label="kept")
+    ax.barh(y, rejected, left=kept, color=REJECTED_COLOR, label="rejected by language ID")
+    ax.set_yticks(y, [lang for lang, _, _ in langs])
+    ax.set_title("Languages", loc="left")
+    ax.legend(frameon=False)
+    return _svg(fig, "langs")
+
+
+def cluster_figure(sizes: np.ndarray) -> str:
+    fig, ax = _figure()
+    values, counts = np.unique(sizes, return_counts=True)
+    ax.bar(values.astype(str), counts, color=ACCENT)
+    ax.set_yscale("log")
+    ax.set_xlabel("documents per duplicate cluster")
+    ax.set_ylabel("clusters")
+    ax.set_title("Duplicate clusters", loc="left")
+    return _svg(fig, "clusters")
+
+
+def shards_figure(shards: list[tuple[str, int]]) -> str:
+    fig, ax = _figure()
+    ax.bar(range(len(shards)), [t for _, t in shards], color=ACCENT)
+    ax.set_xticks(range(len(shards)), [n for n, _ in shards], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("tokens")
+    ax.set_title(f"Tokens per shard (total {sum(t for _, t in shards):,})", loc="left")
+    return _svg(fig, "shards")
+
+
+# ---------------------------------------------------------------------------------------------
+# data for the sections
+
+
+def rejection_counts(summary: dict) -> list[tuple[str, int]]:
+    """`stage: reason` and count, largest first (ties by name, so the order is stable)."""
+    rows = [(f"{s['stage']}: {reason}", n) for s in summary["stages"] for reason, n in s["rejected_by_reason"].items()]
+    return sorted(rows, key=lambda r: (-r[1], r[0]))
+
+
+def _detail_number(detail: pl.Expr, key: str) -> pl.Expr:
+    return detail.str.extract(rf"{key}=([-0-9.eE]+)").cast(pl.Float64, strict=False)
+
+
+def _value_counts(values: pl.Series) -> dict[str, int]:
+    counts = values.drop_nulls().value_counts()
+    return dict(zip(counts[values.name].to_list(), counts["count"].to_list()))
+
+
+def language_counts(data: RunData) -> list[tuple[str, int, int]]:
+    """(language, kept, rejected by language ID) for the most frequent languages."""
+    kept = _value_counts(data.kept["lang"])
+    by_langid = data.rejected.filter(pl.col("reason") == "language")
+    rejected = _value_counts(by_langid["detail"].str.extract(r"lang=(\S+)").alias("lang"))
+    langs = sorted(kept.keys() | rejected.keys(), key=lambda x: (-(kept.get(x, 0) + rejected.get(x, 0)), x))
+    return [(x, kept.get(x, 0), rejected.get(x, 0)) for x in langs[:TOP_LANGUAGES]]
+
+
+def cluster_sizes(rejected: pl.DataFrame) -> np.ndarray:
+    """Documents per duplicate cluster: its rejected members plus the one copy that was kept."""
+    counts = rejected["cluster_id"].drop_nulls().value_counts()
+    return (counts["count"].to_numpy() + 1) if counts.height else np.array([], dtype=int)
+
+
+def samples(data: RunData) -> dict[str, list[dict]]:
+    """A few rejected documents per `stage: reason`, the first ones by id (deterministic)."""
+    if not data.rejected.height:
+        return {}
+    picked = data.rejected.sort(["stage", "reason", "id"]).group_by(["stage", "reason"], maintain_order=True) \
+        .head(SAMPLES_PER_REASON)
+    texts = _texts(data.root / "rejected", picked["id"].to_list())
+    out: dict[str, list[dict]] = {}
+    for row in picked.iter_rows(named=True):
+        out.setdefault(f"{row['stage']}: {row['reason']}", []).append({**row, "text": texts.get(row["id"], "")})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2b33;background:#f6f7f8}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{margin:0 0 4px}h2{margin:32px 0 8px;border-bottom:2px solid #e2e6e9;padding-bottom:4px}
+.cards{display:flex;gap:12px;flex-wrap:wrap}.card{background:#fff;border-radius:8px;padding:12px 18px;
+box-shadow:0 1px 3px #0002}.card b{display:block;font-size:24px}
+figure{background:#fff;border-radius:8px;padding:8px;margin:12px 0;box-shadow:0 1px 3px #0002}
+figure svg{max-width:100%;height:auto}
+table{border-collapse:collapse;background:#fff;margin:8px 0}td,th{padding:4px 10px;border-bottom:1px solid #e2e6e9;
+text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
+details{background:#fff;border-radius:8px;margin:8px 0;padding:8px 12px;box-shadow:0 1px 3px #0002}
+summary{cursor:pointer;font-weight:600}pre{white-space:pre-wrap;word-break:break-word;background:#f1f3f5;
+padding:8px;border-radius:6px;font-size:12px}.meta{color:#5b6b75;font-size:12px}.note{color:#5b6b75}
+"""
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(
+        f'<td class="n">{v:,}</td>' if i in numeric and isinstance(v, int) else f"<td>{_e(v)}</td>"
+        for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _section(title: str, *parts: str) -> str:
+    return f"<section><h2>{_e(title)}</h2>{''.join(parts)}</section>"
+
+
+def _fig(svg: str) -> str:
+    return f"<figure>{svg}</figure>"
+
+
+def _samples_html(by_reason: dict[str, list[dict]]) -> str:
+    blocks = []
+    for reason, docs in by_reason.items():
+        items = "".join(
+            f'<p class="meta">{_e(d["id"])} · {_e(d["source"])} · {_e(d["detail"])}</p>'
+            f"<pre>{_e((d['text'] or '')[:SAMPLE_CHARS])}{'…' if len(d['text'] or '') > SAMPLE_CHARS else ''}</pre>"
+            for d in docs)
+        blocks.append(f"<details><summary>{_e(reason)} ({len(docs)} shown)</summary>{items}</details>")
+    return "".join(blocks) or '<p class="note">No rejected documents.</p>'
+
+
+def render_html(data: RunData, title: str) -> str:
+    s = data.summary
+    reasons = rejection_counts(s)
+    kept_share = s["kept"] / s["inputs"] if s["inputs"] else 0.0
+    cards = "".join(f'<div class="card">{_e(k)}<b>{v}</b></div>' for k, v in (
+        ("input documents", f"{s['inputs']:,}"), ("kept", f"{s['kept']:,}"),
+        ("rejected", f"{s['rejected']:,}"), ("kept share", f"{kept_share:.1%}")))
+    parts = [
+        _section("Funnel", _fig(funnel_figure(s)), _table(
+            ["stage", "in", "kept", "rejected"],
+            [[st["stage"], st["in"], st["kept"], st["rejected"]] for st in s["stages"]], {1, 2, 3})),
+        _section("Rejections by reason",
+                 _fig(reasons_figure(reasons[:TOP_REASONS])) if reasons else '<p class="note">None.</p>',
+                 _table(["stage: reason", "documents"], [list(r) for r in reasons], {1})),
+    ]
+    langs = language_counts(data)
+    if langs:
+        parts.append(_section("Language distribution", _fig(language_figure(langs))))
+    parts.append(_section("Document length", _fig(length_figure(
+        data.kept["length"].drop_nulls().to_numpy(), data.rejected["length"].drop_nulls().to_numpy()))))
+    if data.kept["quality_score"].drop_nulls().len() or (data.rejected["reason"] == "low_quality").any():
+        low = data.rejected.filter(pl.col("reason") == "low_quality").select(_detail_number(pl.col("detail"), "score"))
+        parts.append(_section("Quality score", _fig(quality_figure(
+            data.kept["quality_score"].drop_nulls().to_numpy(), low.to_series().drop_nulls().to_numpy()))))
+    sizes = cluster_sizes(data.rejected)
+    if sizes.size:
+        parts.append(_section("Duplicate clusters", _fig(cluster_figure(sizes)),
+                              f'<p class="note">{sizes.size:,} clusters, largest {int(sizes.max()):,} documents.</p>'))
+    if data.shard_tokens:
+        parts.append(_section("Tokens per shard", _fig(shards_figure(data.shard_tokens))))
+    parts.append(_section("Sample rejected documents", _samples_html(samples(data))))
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{CSS}</style></head><body><main><h1>Data-quality report</h1>"
+            f'<p class="note">{_e(title)}</p><div class="cards">{cards}</div>{"".join(parts)}'
+            f'<footer><p class="note">{_e(WHY_SVG)}</p></footer></main></body></html>\n')
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write RUN_DIR/report.html (atomically) and return its path."""
+    run = Path(run_dir)
+    out = run / "report.html"
+    atomic_write_bytes(out, render_html(load_run(run), f"Run {run.resolve().name}").encode())
+    return out
+
+
+def headline_markdown(run_dir: str | Path) -> str:
+    """The report's headline for a Prefect artifact: totals, top reasons, top languages, the report path."""
+    run = Path(run_dir)
+    data = load_run(run)
+    s = data.summary
+    share = s["kept"] / s["inputs"] if s["inputs"] else 0.0
+    lines = ["| inputs | kept | rejected | kept share |", "|---:|---:|---:|---:|",
+             f"| {s['inputs']:,} | {s['kept']:,} | {s['rejected']:,} | {share:.1%} |", "",
+             "| top rejection reasons | documents |", "|---|---:|"]
+    lines += [f"| {reason} | {n:,} |" for reason, n in rejection_counts(s)[:5]] or ["| none | 0 |"]
+    langs = language_counts(data)[:5]
+    if langs:
+        lines += ["", "Languages kept: " + ", ".join(f"{lang} {k:,}" for lang, k, _ in langs)]
+    lines += ["", f"Report: `{(run / 'report.html').resolve()}`"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# screenshot (README image, report test)
+
+
+def chromium() -> str | None:
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def screenshot(page: Path, png: Path, width: int = 1200, height: int = 3000,
+               net_log: Path | None = None, timeout: float = 120) -> Path:
+    """Render an HTML file in headless Chromium with every host name unresolvable (no network)."""
+    browser = chromium()
+    if browser is None:
+        raise FileNotFoundError("chromium not found (Debian: apt-get install chromium)")
+    with tempfile.TemporaryDirectory(prefix="sluice-chromium-") as profile:
+        args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--hide-scrollbars", '--host-resolver-rules=MAP * ~NOTFOUND', f"--user-data-dir={profile}",
+                f"--window-size={width},{height}", f"--screenshot={Path(png).resolve()}"]
+        if net_log is not None:
+            args.append(f"--log-net-log={Path(net_log).resolve()}")
+        subprocess.run(args + [Path(page).resolve().as_uri()], check=True, timeout=timeout,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return Path(png)
+
+
+_URL = re.compile(r"""(?:src|href|url)\s*[=(]\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
+
+
+def external_references(page_html: str) -> list[str]:
+    """Attributes or CSS that would make a browser fetch something from the network."""
+    return [m.group(0) for m in _URL.finditer(page_html)]

@@ -1,0 +1,231 @@
+"""Tokenize a curated run into token shards: RUN/kept/*.parquet -> RUN/shards/.
+
+The tokenizer is a Hugging Face `tokenizer.json` given by path, or a byte-level BPE trained on a
+seeded sample of the curated documents. Ray Data encodes batches of documents with `encode_batch`,
+sorts them by a seeded hash of their id (or keeps the run's order), and the driver streams the ordered
+documents into shards. Sorting by a key that depends only on the documents is what makes the bytes
+independent of block, batch and worker counts. The shard folder is built under a temporary name and
+renamed into place, so a rerun either skips it (same fingerprint) or rebuilds it whole.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import xxhash
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from pipeline.config import SluiceConfig, TokenizeConfig
+from pipeline.runtime import start_ray
+from stages.shard import (FORMAT, MANIFEST, TOKENIZER_FILE, ShardWriter, build_manifest, file_sha256,
+                          read_manifest, token_dtype, write_manifest)
+
+log = logging.getLogger("sluice")
+
+DEFAULT_EOD = "<|endoftext|>"
+# End-of-text tokens of common tokenizer families, tried in order when eod_token is "auto".
+KNOWN_EOD = (DEFAULT_EOD, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
+SORT_KEY = "_order"
+ENCODE_BATCH = 512  # documents per encode_batch call: large enough to keep the Rust side busy
+
+
+def train_bpe(texts: list[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
+    """A byte-level BPE (GPT-2 style): every string is encodable and decodes back exactly."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer
+
+
+def sample_texts(files: list[Path], n: int, seed: int) -> list[str]:
+    """The `n` documents with the smallest seeded hash of their id: the same sample however files are cut."""
+    keyed = []
+    for f in files:
+        ids = pq.read_table(f, columns=["id"])["id"].to_pylist()
+        keyed += [(xxhash.xxh64_intdigest(i.encode(), seed), i) for i in ids]
+    chosen = sorted(keyed)[:n]
+    rank = {i: pos for pos, (_, i) in enumerate(chosen)}
+    picked: list[tuple[int, str]] = []
+    for f in files:
+        t = pq.read_table(f, columns=["id", "text"])
+        t = t.filter(pc.is_in(t["id"], pa.array(list(rank), pa.string())))
+        picked += [(rank[i], text or "") for i, text in zip(t["id"].to_pylist(), t["text"].to_pylist())]
+    return [text for _, text in sorted(picked)]
+
+
+def resolve_eod(tokenizer: Tokenizer, eod_token: str | None) -> tuple[str | None, int | None]:
+    """The end-of-document token and id; 'auto' picks the tokenizer's own, a named one must exist."""
+    if eod_token is None:
+        return None, None
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    if eod_token == "auto":
+        found = next((t for t in KNOWN_EOD if t in vocab), None)
+        if found is None:
+            raise ValueError(f"tokenize.eod_token is 'auto' but the tokenizer has none of {KNOWN_EOD}; "
+                             "name one of its tokens, or set null for no end-of-document token")
+        return found, vocab[found]
+    if eod_token not in vocab:
+        raise ValueError(f"tokenize.eod_token {eod_token!r} is not in the tokenizer's vocabulary")
+    return eod_token, vocab[eod_token]
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer_from_json(data: str) -> Tokenizer:
+    """One tokenizer per Ray worker process, not one per batch."""
+    return Tokenizer.from_str(data)
+
+
+def encode_docs(tokenizer: Tokenizer, texts: list[str], eod_id: int | None, dtype: np.dtype) -> pa.ListArray:
+    """Encode documents in one `encode_batch` call into an Arrow list column, with EOD appended."""
+    ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+    flat = np.fromiter(chain.from_iterable(ids), dtype, int(lengths.sum()))
+    extra = 0 if eod_id is None else 1
+    offsets = np.zeros(len(ids) + 1, np.int32)
+    np.cumsum(lengths + extra, out=offsets[1:])
+    if eod_id is None:
+        values = flat
+    else:
+        values = np.empty(offsets[-1], dtype)
+        is_eod = np.zeros(offsets[-1], bool)
+        is_eod[offsets[1:] - 1] = True
+        values[is_eod] = eod_id
+        values[~is_eod] = flat
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def make_encoder(tokenizer_json: str, eod_id: int | None, dtype: np.dtype, shuffle: bool, seed: int):
+    """The Ray Data batch function: documents in, (doc_id, source, order key, tokens) out."""
+
+    def tokenize(batch: pa.Table) -> pa.Table:
+        tokenizer = _tokenizer_from_json(tokenizer_json)
+        texts = [t or "" for t in batch["text"].to_pylist()]
+        ids = batch["id"].cast(pa.string())
+        columns = {"doc_id": ids, "source": batch["source"].cast(pa.string())}
+        if shuffle:  # 63 bits, so the key is a plain int64 and its range splits evenly (`sort_boundaries`)
+            keys = [xxhash.xxh64_intdigest(i.encode(), seed) >> 1 for i in ids.to_pylist()]
+            columns[SORT_KEY] = pa.array(keys, pa.int64())
+        columns["tokens"] = encode_docs(tokenizer, texts, eod_id, dtype)
+        return pa.table(columns)
+
+    return tokenize
+
+
+def input_hash(files: list[Path]) -> str:
+    """Identity of the curated documents, so changed inputs invalidate finished shards."""
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.name}\0{file_sha256(f)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def shard_fingerprint(config: SluiceConfig, files: list[Path], tokenizer_path: str | None) -> str:
+    data = {
+        "format": FORMAT,
+        "config": config.section_hash("tokenize", "shard"),
+        "inputs": input_hash(files),
+        "tokenizer": file_sha256(Path(tokenizer_path)) if tokenizer_path else None,
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_tokenizer(cfg: TokenizeConfig, files: list[Path], tokenizer_path: str | None, out: Path) -> Tokenizer:
+    """Load or train the tokenizer, and place its exact bytes in the shard folder."""
+    target = out / TOKENIZER_FILE
+    if tokenizer_path:
+        shutil.copyfile(tokenizer_path, target)
+        return Tokenizer.from_file(str(target))
+    specials = [DEFAULT_EOD if cfg.eod_token in (None, "auto") else cfg.eod_token]
+    log.info("tokenize: training a byte-level BPE (vocab %d) on up to %d documents", cfg.vocab_size,
+             cfg.train_sample_docs)
+    tokenizer = train_bpe(sample_texts(files, cfg.train_sample_docs, cfg.seed), cfg.vocab_size, specials)
+    tokenizer.save(str(target))
+    return tokenizer
+
+
+def sort_boundaries(partitions: int) -> list[int]:
+    """Even splits of the 63-bit hash range: a sort without Ray's sampling pass."""
+    return [i * (1 << 63) // partitions for i in range(1, partitions)]
+
+
+def ordered_documents(files: list[Path], encoder, shuffle: bool, blocks: int | None) -> ray.data.Dataset:
+    """Tokenized documents in their final order: by seeded hash, or the run's own (file, row) order."""
+    ds = ray.data.read_parquet([str(f) for f in files], override_num_blocks=blocks)
+    ds = ds.select_columns(["id", "text", "source"])
+    ds = ds.map_batches(encoder, batch_format="pyarrow", batch_size=ENCODE_BATCH)
+    if shuffle:
+        partitions = blocks or max(2, int(ray.cluster_resources().get("CPU", 1)))
+        ds = ds.sort([SORT_KEY, "source", "doc_id"], boundaries=sort_boundaries(partitions))
+    ds.context.execution_options.preserve_order = True
+    return ds
+
+
+def write_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,
+                 fingerprint: str, trained: bool, blocks: int | None = None) -> dict:
+    """Tokenize on Ray Data, order the documents, stream them into shards; return the manifest."""
+    cfg, scfg = config.tokenize, config.shard
+    eod_token, eod_id = resolve_eod(tokenizer, cfg.eod_token)
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(vocab_size)
+    encoder = make_encoder(tokenizer.to_str(), eod_id, dtype, scfg.shuffle, scfg.seed)
+    encoder.__name__ = "tokenize"  # the operator's name on the Ray dashboard
+    writer = ShardWriter(out, dtype, scfg.tokens_per_shard, version=1)
+    for batch in ordered_documents(files, encoder, scfg.shuffle, blocks).iter_batches(
+            batch_format="pyarrow", batch_size=None):
+        writer.add(batch)
+    entries = writer.close()
+    tok_info = {"file": TOKENIZER_FILE, "sha256": file_sha256(out / TOKENIZER_FILE), "vocab_size": vocab_size,
+                "eod_token": eod_token, "eod_id": eod_id, "trained": trained}
+    return build_manifest(entries, version=1, fingerprint=fingerprint,
+                          config_hash=config.section_hash("tokenize", "shard"), tokenizer=tok_info, dtype=dtype)
+
+
+def tokenize_run(run_dir: str | Path, config: SluiceConfig, tokenizer: str | None = None,
+                 blocks: int | None = None) -> Path:
+    """Tokenize RUN/kept into RUN/shards (skipped when finished with the same fingerprint); return it.
+
+    `blocks` sets Ray Data's read parallelism (default: Ray's choice); it never changes the output.
+    """
+    run = Path(run_dir)
+    files = sorted((run / "kept").glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{run}/kept has no parquet files: not a curated run")
+    tokenizer_path = tokenizer or config.tokenize.tokenizer
+    if tokenizer_path and not Path(tokenizer_path).is_file():
+        raise FileNotFoundError(f"tokenizer not found: {tokenizer_path}")
+    fingerprint = shard_fingerprint(config, files, tokenizer_path)
+    final = run / "shards"
+    if (final / MANIFEST).is_file() and read_manifest(final).get("fingerprint") == fingerprint:
+        log.info("tokenize: %s finished earlier with the same fingerprint, skipped", final)
+        return final
+    for stale in run.glob(".shards.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = run / f".shards.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    start_ray(config.ray)
+    tok = prepare_tokenizer(config.tokenize, files, tokenizer_path, tmp)
+    manifest = write_shards(files, config, tok, tmp, fingerprint, trained=not tokenizer_path, blocks=blocks)
+    write_manifest(tmp, manifest)
+    if final.exists():
+        trash = run / f".shards.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(tmp, final)
+    log.info("tokenize: %d docs, %d tokens in %d shards -> %s", manifest["docs"], manifest["tokens"],
+             len(manifest["shards"]), final)
+    return final

@@ -1,0 +1,311 @@
+"""The MoE training job: a Ray Train (V2) `TorchTrainer` over Sluice token shards.
+
+    train(config, shard_dir, run_dir)      driver: launches the workers, returns the final metrics
+      └─ worker_loop(args)                 one per Ray Train worker (a DDP rank)
+           └─ Trainer                      Ray-free: model, AdamW, warmup+cosine, one step, eval
+
+Outputs, under RUN/train/:
+    metrics.jsonl      one row per optimizer step (rank 0), rewritten to the resumed step on restart
+    ray/<run_name>/    Ray Train's checkpoints; reusing `train.run_name` resumes from the latest
+    model.pt           final weights (a plain state dict) and model_config.json
+    final.json         the final metrics, also what `train()` returns
+
+Resuming is exact: a checkpoint holds model (expert biases included), optimizer, scheduler, step,
+and per rank the loader state and RNG states, so a run killed and resumed ends with the same
+parameters as one that never stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.config import SluiceConfig, TrainConfig
+from pipeline.rundir import atomic_write_bytes, atomic_write_json
+from stages.train.model import (ModelConfig, MoETransformer, count_params, flops_per_token, load_stats,
+                                peak_flops, preset, update_expert_bias)
+
+TRAINER_STATE = "trainer.pt"
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    return preset(cfg.preset, vocab_size=vocab_size, max_seq_len=cfg.seq_len, score_func=cfg.score_func,
+                  balance_bias=cfg.balance, seq_aux_loss_weight=cfg.seq_aux_loss_weight,
+                  tie_embeddings=cfg.tie_embeddings, expert_impl=cfg.expert_impl)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to the peak, then cosine decay to `min_lr_ratio` of it at the last step."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; matrices (and stacked experts) decay, norm gains do not. Fused kernels on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """One rank's training state and step, independent of Ray so it can be driven directly."""
+
+    def __init__(self, cfg: TrainConfig, vocab_size: int, device: torch.device):
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
+        self.model_cfg = model_config(cfg, vocab_size)
+        self.model = MoETransformer(self.model_cfg).to(device)
+        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.step = 0
+        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        forward = torch.compile(self.model) if cfg.compile else self.model
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Buffers are not broadcast: expert biases move identically on every rank (global loads),
+            # and each rank's load counters must stay its own until they are summed.
+            forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
+                                              broadcast_buffers=False)
+        self.forward = forward
+        self.flops_per_token = flops_per_token(self.model_cfg, cfg.seq_len)
+        self.peak = peak_flops(device)
+
+    def train_step(self, batch: Tensor) -> dict:
+        """One optimizer step on a [B, seq_len + 1] token batch; returns this step's metrics."""
+        t0 = time.perf_counter()
+        batch = batch.to(self.device, non_blocking=True).long()
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        self.model.train()
+        with torch.autocast(**self.autocast):
+            out = self.forward(inputs, targets)
+        out.loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loads = update_expert_bias(self.model, self.cfg.bias_update_rate if self.cfg.balance else 0.0)
+        loss = mean_across_ranks(out.lm_loss.detach().float())  # .item() syncs: the step is done
+        self.step += 1
+        dt = time.perf_counter() - t0
+        tokens = inputs.numel() * world_size()
+        tokens_per_s = tokens / dt
+        mfu = tokens_per_s / world_size() * self.flops_per_token / self.peak if self.peak else None
+        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": float(grad_norm), "step_s": dt,
+                "tokens_per_s": tokens_per_s, "mfu": mfu, **load_stats(loads)}
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> float:
+        """Mean cross-entropy over the given batches, averaged across ranks."""
+        self.model.eval()
+        total, n = torch.zeros((), device=self.device), 0
+        for batch in batches:
+            batch = batch.to(self.device).long()
+            with torch.autocast(**self.autocast):
+                total += self.model(batch[:, :-1], batch[:, 1:]).lm_loss.float()
+            n += 1
+        self.model.train()
+        return mean_across_ranks(total / max(n, 1))
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step,
+                "model_config": asdict(self.model_cfg)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def mean_across_ranks(x: Tensor) -> float:
+    if world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= world_size()
+    return float(x)
+
+
+def save_torch(obj, path: Path) -> None:
+    """torch.save through a temporary file, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON row per step, appended by rank 0.
+
+    On resume the rows after the checkpoint's step are dropped, so the file always describes the
+    one history the weights went through.
+    """
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        rows = [r for r in read_metrics(path) if r["step"] <= resume_step]
+        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl (the loss curve); empty if there is none yet."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------
+# The Ray Train job
+
+
+def worker_loop(args: dict) -> None:
+    """One Ray Train worker: build, resume if a checkpoint exists, train, checkpoint, report."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(args["train"])
+    shard_dir, out_dir = Path(args["shard_dir"]), Path(args["out_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    train_data, val_data, vocab_size = open_loaders(shard_dir, cfg, rank, world)
+    trainer = Trainer(cfg, vocab_size, device)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.load_state_dict(torch.load(Path(d) / TRAINER_STATE, map_location=device, weights_only=True))
+            rank_state = torch.load(Path(d) / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
+        train_data.load_state_dict(rank_state["loader"])
+        set_rng_state(rank_state["rng"])
+    log = MetricsLog(out_dir / "metrics.jsonl", trainer.step) if rank == 0 else None
+
+    batches = iter(train_data)
+    while trainer.step < cfg.steps:
+        if cfg.fault_at_step == trainer.step + 1 and checkpoint is None and rank == world - 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # chaos test: a worker dies mid-run, first attempt only
+        t0 = time.perf_counter()
+        batch = next(batches)
+        data_wait = time.perf_counter() - t0
+        row = trainer.train_step(batch)
+        row["data_wait_s"] = data_wait
+        last = trainer.step == cfg.steps
+        if val_data is not None and (trainer.step % cfg.eval_every == 0 or last):
+            row["val_loss"] = trainer.evaluate(val_data.first(cfg.eval_batches))
+        if log is not None:
+            log.append(row)
+        summary = report_summary(row)
+        if trainer.step % cfg.checkpoint_every == 0 or last:
+            with tempfile.TemporaryDirectory() as d:
+                if rank == 0:
+                    save_torch(trainer.state_dict(), Path(d) / TRAINER_STATE)
+                save_torch({"loader": train_data.state_dict(), "rng": rng_state()}, Path(d) / f"rank-{rank}.pt")
+                ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(d))
+        elif trainer.step % cfg.report_every == 0:
+            ray.train.report(summary)
+    if rank == 0:
+        write_final(out_dir, trainer)
+
+
+def report_summary(row: dict) -> dict:
+    """What goes to ray.train.report: scalars only (per-layer loads are summarised)."""
+    out = {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}
+    out["load_cv_mean"] = sum(row["load_cv"]) / max(1, len(row["load_cv"]))
+    out["load_max_over_mean_max"] = max(row["load_max_over_mean"], default=1.0)
+    return out
+
+
+def write_final(out_dir: Path, trainer: Trainer) -> None:
+    """Final weights (a plain state dict, loadable with weights_only=True) and final metrics."""
+    save_torch(trainer.model.state_dict(), out_dir / "model.pt")
+    atomic_write_json(out_dir / "model_config.json", asdict(trainer.model_cfg))
+    rows = read_metrics(out_dir / "metrics.jsonl")
+    steady = rows[min(len(rows) - 1, 2):]  # the first steps pay for warm-up, not training
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    params = count_params(trainer.model_cfg)
+    atomic_write_json(out_dir / "final.json", {
+        "steps": trainer.step,
+        "loss_first": rows[0]["loss"],
+        "loss": rows[-1]["loss"],
+        "val_loss": vals[-1] if vals else None,
+        "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady),
+        "mfu": rows[-1]["mfu"],
+        "data_wait_share": sum(r["data_wait_s"] for r in steady) / sum(r["data_wait_s"] + r["step_s"] for r in steady),
+        "load_cv": rows[-1]["load_cv"],
+        "params_total": params["total"],
+        "params_active": params["active"],
+    })
+
+
+def train(config: SluiceConfig, shard_dir: Path, run_dir: Path) -> dict:
+    """Run (or resume) the training job on `shard_dir`; return the final metrics.
+
+    Outputs go to RUN/train/. Reusing `train.run_name` in the same run dir resumes from the latest
+    checkpoint (Ray Train restores a run by name); a finished run is not retrained.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.runtime import start_ray
+
+    cfg = config.train
+    out_dir = (Path(run_dir) / "train").resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Each ray.train.report waits for the controller's poll (2 s by default); poll faster.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    start_ray(config.ray)
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"train": cfg.model_dump(), "shard_dir": str(Path(shard_dir).resolve()),
+                           "out_dir": str(out_dir)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=cfg.run_name,
+            storage_path=str(out_dir / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+    trainer.fit()
+    return json.loads((out_dir / "final.json").read_text())

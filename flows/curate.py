@@ -16,7 +16,7 @@ from prefect.cache_policies import NONE
 
 from pipeline.config import SluiceConfig
 from pipeline.ledger import StageCount
-from pipeline.readers import expand_inputs
+from pipeline.readers import expand_inputs, get_extractor
 from pipeline.rundir import RunDir, atomic_write_json
 from pipeline.runtime import start_ray
 from pipeline.stage import Build, read_stage, run_stage
@@ -36,6 +36,7 @@ class StagePlan:
 def plan_stages(cfg: SluiceConfig) -> list[StagePlan]:
     """The enabled curate stages in order. Input paths are resolved here, before any Ray work."""
     files = expand_inputs(cfg.inputs)
+    get_extractor(cfg.ingest.html_extractor)  # a missing optional extractor fails here, not inside Ray
     plans = [
         StagePlan(ingest.STAGE, ingest.build(files, cfg.ingest),
                   ingest.inputs_fingerprint(files) + cfg.section_hash("ingest")),

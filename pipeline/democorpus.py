@@ -7,7 +7,7 @@ names, places and companies (Faker's own English word lists carry almost no stop
 Gopher rules require); other languages from Faker's per-locale word lists. Every injected defect is
 counted, so a run's ledger can be checked against `CorpusInfo`.
 
-Layout under OUT_DIR (the same seed gives byte-identical files):
+Layout under OUT_DIR (`n_docs` records in all; the same seed gives byte-identical files):
 
     web/part-0000.jsonl.gz, web/part-0001.jsonl.gz   id, text, url, date, domain  (+ malformed lines)
     forum/posts.parquet                               post_id (int64), body, url, author
@@ -15,7 +15,8 @@ Layout under OUT_DIR (the same seed gives byte-identical files):
     truth.json                                        the CorpusInfo, paths relative to OUT_DIR
 
 Ids in the ground truth are the records' own ids as strings: `web-000123`, `100123` for forum posts,
-and the WARC-Record-ID (`<urn:uuid:...>`) for crawl pages.
+and for crawl pages the WARC-Record-ID (`<urn:uuid:...>`; the WARC reader derives the document id
+from path and offset and keeps this one as `meta.warc_record_id`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import math
 import random
 import re
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -204,7 +206,7 @@ class CorpusInfo:
     n_warc_pages: int  # HTML responses with an article
     source_counts: dict[str, int]  # records per source
     lang_counts: dict[str, int]  # documents with prose, by language, duplicates included
-    exact_dup_groups: list[list[str]]  # [original id, copy ids...]
+    exact_dup_groups: list[list[str]]  # [original id, copy ids...]; dedup keeps the smallest (source, id)
     near_dup_clusters: list[list[str]]  # [original id, variant ids...]
     near_dup_jaccard: dict[str, float]  # variant id -> word-5-gram Jaccard against its original
     kinds: dict[str, str] = field(repr=False)  # id -> Doc.kind, or empty / malformed / revisit
@@ -351,11 +353,17 @@ def spam_page(rng: random.Random, pools: Pools) -> str:
     return "\n".join(styles[s]() for s in chosen)
 
 
+def short_junk(rng: random.Random, pools: Pools) -> str:
+    pieces = SHORT_JUNK + [f"{rng.randint(0, 500)} comments", f"Posted by {rng.choice(pools.users)}",
+                           f"Page {rng.randint(2, 40)} of {rng.randint(41, 90)}"]
+    return " ".join(rng.sample(pieces, rng.randint(1, 3)))
+
+
 def near_duplicate(rng: random.Random, text: str) -> str:
-    """A copy with a few word edits (1 to 2 in 100 words) and maybe a new footer: word-5-gram Jaccard ~0.8-0.93."""
+    """A copy with a few word edits (about 1 in 100 words) and maybe a new footer: word-5-gram Jaccard ~0.85-0.96."""
     lines = [line.split(" ") for line in text.split("\n")]
     spots = [(i, j) for i, line in enumerate(lines) for j in range(len(line)) if line[j]]
-    n_edits = max(3, round(len(spots) * rng.uniform(0.008, 0.02)))
+    n_edits = max(2, round(len(spots) * rng.uniform(0.004, 0.012)))
     for i, j in sorted(rng.sample(spots, n_edits), reverse=True):  # right to left keeps indices valid
         line, op = lines[i], rng.choice(("swap", "insert", "delete", "replace"))
         if op == "swap" and j + 1 < len(line):
@@ -380,9 +388,9 @@ def cp1252_line(doc: Doc) -> bytes:
 
 
 class Generator:
-    def __init__(self, n_docs: int, seed: int):
-        if n_docs < 100:
-            raise ValueError(f"n_docs must be at least 100 (got {n_docs}) to hold every injected case")
+    """The seeded random state, the Faker pools and the id counter shared by every document."""
+
+    def __init__(self, seed: int):
         self.rng = random.Random(seed)
         self.pools = Pools(seed)
         self.en = English(self.rng, self.pools)
@@ -414,12 +422,17 @@ class Generator:
         """A copy of `base` republished elsewhere: same title and language, new id, site and date."""
         return self.doc(kind, base.lang, base.title, text)
 
-    def junk(self, kind: str) -> Doc:
+    def junk(self, kind: str, seen: set[str]) -> Doc:
+        """A junk page whose text is new: accidental repeats would blur the exact-duplicate ground truth."""
         r = self.rng
-        text = {"boilerplate": lambda: boilerplate_page(r, self.en, self.pools),
-                "spam": lambda: spam_page(r, self.pools),
-                "short": lambda: " ".join(r.sample(SHORT_JUNK, r.randint(1, 2)))}[kind]()
-        return self.doc(kind, "en", text.split("\n")[0][:40], text)
+        make = {"boilerplate": lambda: boilerplate_page(r, self.en, self.pools),
+                "spam": lambda: spam_page(r, self.pools), "short": lambda: short_junk(r, self.pools)}[kind]
+        for _ in range(100):
+            text = make()
+            if text not in seen:
+                seen.add(text)
+                return self.doc(kind, "en", text.split("\n")[0][:40], text)
+        raise RuntimeError(f"could not draw a new {kind} text")
 
 
 def plan_counts(n: int) -> dict[str, int]:
@@ -466,7 +479,8 @@ def build_flat_docs(g: Generator, counts: dict[str, int]) -> tuple[list[Doc], li
         group = groups[i] if i < len(groups) else r.choice(groups)
         group.append(g.derived(group[0], "exact_dup", group[0].text))
     groups = [grp for grp in groups if len(grp) > 1]
-    junk = [g.junk(kind) for kind in ("boilerplate", "spam", "short") for _ in range(counts[kind])]
+    seen: set[str] = set()
+    junk = [g.junk(kind, seen) for kind in ("boilerplate", "spam", "short") for _ in range(counts[kind])]
     docs = articles + [d for c in clusters for d in c[1:]] + [d for grp in groups for d in grp[1:]] + junk
     texts = [d.text for c in clusters for d in c]
     assert len(set(texts)) == len(texts), "a near duplicate came out identical to another copy"
@@ -494,7 +508,7 @@ def forum_table(docs: list[Doc]) -> pa.Table:
     })
 
 
-def html_page(doc: Doc, rng: random.Random, related: list[str]) -> bytes:
+def html_page(doc: Doc, related: list[str]) -> bytes:
     """A news-site page: the article inside nav, cookie banner, sidebar and footer boilerplate."""
     e = html.escape
     site = doc.domain.split(".")[0].title()
@@ -520,33 +534,33 @@ def html_page(doc: Doc, rng: random.Random, related: list[str]) -> bytes:
 
 
 def warc_bytes(g: Generator, pages: list[Doc]) -> tuple[bytes, list[str]]:
-    """Response records for the pages, one empty HTML response and one revisit; returns the page record ids."""
+    """Response records for the pages, one empty HTML response, one revisit; returns the bytes and record ids."""
     r = g.rng
     out = io.BytesIO()
     writer = WARCWriter(out, gzip=True)
-    start = datetime(2024, 3, 1, tzinfo=timezone.utc)
+    start = datetime(2025, 3, 1, tzinfo=timezone.utc)  # after every article date
 
     def headers(i: int) -> dict:
         when = start + timedelta(seconds=37 * i)
         return {"WARC-Record-ID": f"<urn:uuid:{uuid.UUID(int=r.getrandbits(128), version=4)}>",
                 "WARC-Date": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
-    def response(uri: str, payload: bytes, i: int) -> str:
+    def response(uri: str, payload: bytes, i: int) -> StatusAndHeaders:
         http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8"),
                                            ("Content-Length", str(len(payload)))], protocol="HTTP/1.1")
-        warc_headers = headers(i)
-        writer.write_record(writer.create_warc_record(uri, "response", payload=io.BytesIO(payload),
-                                                      http_headers=http, warc_headers_dict=warc_headers))
-        return warc_headers["WARC-Record-ID"]
+        record = writer.create_warc_record(uri, "response", payload=io.BytesIO(payload), http_headers=http,
+                                           warc_headers_dict=headers(i))
+        writer.write_record(record)
+        return record.rec_headers
 
-    ids = [response(d.url, html_page(d, r, [p.title for p in r.sample(pages, 3)]), i) for i, d in enumerate(pages)]
-    empty_url = f"https://{r.choice(g.pools.domains['en'])}/empty"
-    empty_id = response(empty_url, b"", len(pages))
-    revisit_headers = headers(len(pages) + 1)
-    first = pages[0]
-    writer.write_record(writer.create_revisit_record(
-        first.url, "sha1:" + "A" * 32, first.url, "2024-03-01T00:00:00Z", warc_headers_dict=revisit_headers))
-    return out.getvalue(), ids + [empty_id, revisit_headers["WARC-Record-ID"]]
+    written = [response(d.url, html_page(d, [p.title for p in r.sample(pages, 3)]), i) for i, d in enumerate(pages)]
+    written.append(response(f"https://{r.choice(g.pools.domains['en'])}/empty", b"", len(pages)))
+    first = written[0]  # recrawled unchanged: a revisit pointing at the first page's payload digest
+    revisit = writer.create_revisit_record(
+        pages[0].url, first.get_header("WARC-Payload-Digest"), pages[0].url, first.get_header("WARC-Date"),
+        warc_headers_dict=headers(len(pages) + 1))
+    writer.write_record(revisit)
+    return out.getvalue(), [h.get_header("WARC-Record-ID") for h in [*written, revisit.rec_headers]]
 
 
 def special_lines(g: Generator) -> tuple[Doc, dict[str, str], list[bytes]]:
@@ -565,8 +579,10 @@ def special_lines(g: Generator) -> tuple[Doc, dict[str, str], list[bytes]]:
 
 def generate_corpus(out_dir: Path, n_docs: int = 3000, seed: int = 0) -> CorpusInfo:
     """Write the demo corpus (`n_docs` records in all) under `out_dir`; the same seed gives the same bytes."""
+    if n_docs < 100:
+        raise ValueError(f"n_docs must be at least 100 (got {n_docs}) to hold every injected case")
     out_dir = Path(out_dir).resolve()
-    g = Generator(n_docs, seed)
+    g = Generator(seed)
     r = g.rng
     counts = plan_counts(n_docs)
     flat, exact_groups, clusters = build_flat_docs(g, counts)
@@ -597,10 +613,7 @@ def generate_corpus(out_dir: Path, n_docs: int = 3000, seed: int = 0) -> CorpusI
         d.pid = record_id
 
     prose = [*flat, *pages, bad_bytes]
-    lang_counts: dict[str, int] = {}
-    for d in prose:
-        if d.kind in ("article", "exact_dup", "near_dup", "bad_bytes"):
-            lang_counts[d.lang] = lang_counts.get(d.lang, 0) + 1
+    lang_counts = Counter(d.lang for d in prose if d.kind in ("article", "exact_dup", "near_dup", "bad_bytes"))
     inputs = [
         {"path": str(files["web0"]), "format": "jsonl", "source": "web", "text_field": "text", "id_field": "id"},
         {"path": str(files["web1"]), "format": "jsonl", "source": "web", "text_field": "text", "id_field": "id"},

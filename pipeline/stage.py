@@ -58,7 +58,7 @@ def map_stage(fn: Callable[[pa.Table], StageResult], stage_name: str) -> Build:
 
 
 def partition_of(ids: pa.Array | pa.ChunkedArray, partitions: int) -> pa.Array:
-    return pa.array([xxhash.xxh64_intdigest(i) % partitions for i in ids.to_pylist()], pa.int32())
+    return pa.array([xxhash.xxh64_intdigest(i.encode()) % partitions for i in ids.to_pylist()], pa.int32())
 
 
 def sort_rows(table: pa.Table) -> pa.Table:

@@ -32,9 +32,8 @@ def local_components(edges: pa.Table) -> pa.Table:
     nodes = pl.concat([df["node"], df["root"]]).unique().sort()
     if nodes.is_empty():
         return EDGE_SCHEMA.empty_table()
-    codes = pl.DataFrame({"key": nodes, "code": np.arange(len(nodes))})
-    u = df.join(codes, left_on="node", right_on="key")["code"].to_numpy()
-    v = df.join(codes, left_on="root", right_on="key")["code"].to_numpy()
+    u = nodes.search_sorted(df["node"]).to_numpy()
+    v = nodes.search_sorted(df["root"]).to_numpy()
     graph = coo_matrix((np.ones(len(u), np.int8), (u, v)), shape=(len(nodes), len(nodes)))
     _, labels = connected_components(graph, directed=False)
     # nodes are sorted, so a component's smallest code is its smallest key

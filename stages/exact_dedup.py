@@ -34,9 +34,9 @@ def dedup(batch: pa.Table, stage: str = STAGE) -> StageResult:
         .with_columns(keeper=pl.col("id").first().over("h"), rank=pl.int_range(pl.len()).over("h"))
     )
     docs = batch.drop_columns([c for c in (HASH, BUCKET) if c in batch.column_names])
-    kept_rows = order.filter(pl.col("rank") == 0)["row"].sort().to_list()
+    kept_rows = pa.array(order.filter(pl.col("rank") == 0)["row"].sort().to_list(), pa.int64())
     dups = order.filter(pl.col("rank") > 0).sort("row")
-    rejected = rejected_rows(docs.take(dups["row"].to_list()), stage, "exact_duplicate",
+    rejected = rejected_rows(docs.take(pa.array(dups["row"].to_list(), pa.int64())), stage, "exact_duplicate",
                              "same text hash as the kept document", duplicate_of=dups["keeper"].to_list())
     return StageResult(kept=docs.take(kept_rows), rejected=rejected)
 

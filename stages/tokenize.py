@@ -1,10 +1,10 @@
 """Tokenize a curated run into token shards: RUN/kept/*.parquet -> RUN/shards/.
 
 The tokenizer is a Hugging Face `tokenizer.json` given by path, or a byte-level BPE trained on a
-seeded sample of the curated documents. Ray Data encodes batches of documents with `encode_batch`,
-sorts them by a seeded hash of their id (or keeps the run's order), and the driver streams the ordered
-documents into shards. Sorting by a key that depends only on the documents is what makes the bytes
-independent of block, batch and worker counts. The shard folder is built under a temporary name and
+seeded sample of the curated documents. Ray Data encodes batches of documents with `encode_batch`;
+the driver orders them by a seeded hash of their id (or keeps the run's order) and streams them into
+shards. Ordering by keys that depend only on the documents is what makes the bytes independent of
+block, batch and worker counts. The shard folder is built under a temporary name and
 renamed into place, so a rerun either skips it (same fingerprint) or rebuilds it whole.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import shutil
 import uuid
 from itertools import chain
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -37,8 +38,10 @@ log = logging.getLogger("sluice")
 DEFAULT_EOD = "<|endoftext|>"
 # End-of-text tokens of common tokenizer families, tried in order when eod_token is "auto".
 KNOWN_EOD = (DEFAULT_EOD, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
-SORT_KEY = "_order"
-ENCODE_BATCH = 512  # documents per encode_batch call: large enough to keep the Rust side busy
+SORT_KEY = "_order"  # seeded hash of the document id
+POSITION = "_position"  # (piece << 32) + row: the run's own order, and the tie-break of equal hashes
+TAKE_SLICE = 65_536  # documents reordered at a time
+ENCODE_BATCH = 1024  # documents per encode_batch call: keeps the Rust threads busy, bounds Encoding memory
 
 
 def train_bpe(texts: list[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
@@ -109,19 +112,31 @@ def encode_docs(tokenizer: Tokenizer, texts: list[str], eod_id: int | None, dtyp
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def make_encoder(tokenizer_json: str, eod_id: int | None, dtype: np.dtype, shuffle: bool, seed: int):
-    """The Ray Data batch function: documents in, (doc_id, source, order key, tokens) out."""
+def tokenize_docs(tokenizer: Tokenizer, docs: pa.Table, eod_id: int | None, dtype: np.dtype,
+                  seed: int, first_position: int) -> pa.Table:
+    """Curated documents in; doc_id, source, tokens, a seeded shuffle key and the input position out."""
+    ids = docs["id"].cast(pa.string())
+    columns = {
+        "doc_id": ids,
+        "source": docs["source"].cast(pa.string()),
+        SORT_KEY: pa.array([xxhash.xxh64_intdigest(i.encode(), seed) for i in ids.to_pylist()], pa.uint64()),
+        POSITION: pa.array(np.arange(first_position, first_position + docs.num_rows, dtype=np.int64)),
+    }
+    columns["tokens"] = encode_docs(tokenizer, [t or "" for t in docs["text"].to_pylist()], eod_id, dtype)
+    return pa.table(columns)
 
-    def tokenize(batch: pa.Table) -> pa.Table:
+
+def make_tokenize_task(tokenizer_json: str, eod_id: int | None, dtype: np.dtype, seed: int):
+    """The Ray Data function: one (path, row group) piece of the curated run in, its tokenized documents out."""
+
+    def tokenize(pieces: pa.Table) -> pa.Table:
         tokenizer = _tokenizer_from_json(tokenizer_json)
-        texts = [t or "" for t in batch["text"].to_pylist()]
-        ids = batch["id"].cast(pa.string())
-        columns = {"doc_id": ids, "source": batch["source"].cast(pa.string())}
-        if shuffle:  # 63 bits, so the key is a plain int64 and its range splits evenly (`sort_boundaries`)
-            keys = [xxhash.xxh64_intdigest(i.encode(), seed) >> 1 for i in ids.to_pylist()]
-            columns[SORT_KEY] = pa.array(keys, pa.int64())
-        columns["tokens"] = encode_docs(tokenizer, texts, eod_id, dtype)
-        return pa.table(columns)
+        out = []
+        for path, group, piece in zip(*(pieces[c].to_pylist() for c in ("path", "row_group", "piece"))):
+            docs = pq.ParquetFile(path).read_row_group(group, columns=["id", "text", "source"])
+            out += [tokenize_docs(tokenizer, docs.slice(i, ENCODE_BATCH), eod_id, dtype, seed, (piece << 32) + i)
+                    for i in range(0, max(docs.num_rows, 1), ENCODE_BATCH)]
+        return pa.concat_tables(out)
 
     return tokenize
 
@@ -158,21 +173,24 @@ def prepare_tokenizer(cfg: TokenizeConfig, files: list[Path], tokenizer_path: st
     return tokenizer
 
 
-def sort_boundaries(partitions: int) -> list[int]:
-    """Even splits of the 63-bit hash range: a sort without Ray's sampling pass."""
-    return [i * (1 << 63) // partitions for i in range(1, partitions)]
+def ordered_documents(files: list[Path], task, shuffle: bool, blocks: int | None) -> Iterator[pa.Table]:
+    """Tokenized documents in their final order: by seeded hash, or the run's own (file, row) order.
 
-
-def ordered_documents(files: list[Path], encoder, shuffle: bool, blocks: int | None) -> ray.data.Dataset:
-    """Tokenized documents in their final order: by seeded hash, or the run's own (file, row) order."""
-    ds = ray.data.read_parquet([str(f) for f in files], override_num_blocks=blocks)
-    ds = ds.select_columns(["id", "text", "source"])
-    ds = ds.map_batches(encoder, batch_format="pyarrow", batch_size=ENCODE_BATCH)
-    if shuffle:
-        partitions = blocks or max(2, int(ray.cluster_resources().get("CPU", 1)))
-        ds = ds.sort([SORT_KEY, "source", "doc_id"], boundaries=sort_boundaries(partitions))
-    ds.context.execution_options.preserve_order = True
-    return ds
+    Ray Data tokenizes; blocks arrive in any order and the driver sorts them by keys that depend on
+    the documents alone. Sorting indices, then taking in slices, keeps one extra copy slice-sized.
+    """
+    pieces = [{"path": str(f), "row_group": g} for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+    pieces = [dict(p, piece=i) for i, p in enumerate(pieces)]
+    ds = ray.data.from_items(pieces, override_num_blocks=min(blocks or len(pieces), len(pieces)))
+    ds = ds.map_batches(task, batch_format="pyarrow", batch_size=1)
+    batches = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    if not batches:
+        return
+    docs = pa.concat_tables(batches)
+    keys = [(SORT_KEY, "ascending"), (POSITION, "ascending")] if shuffle else [(POSITION, "ascending")]
+    order = pc.sort_indices(docs.select([k for k, _ in keys]), sort_keys=keys)
+    for start in range(0, len(order), TAKE_SLICE):
+        yield docs.take(order[start:start + TAKE_SLICE])
 
 
 def write_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,
@@ -182,11 +200,9 @@ def write_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, 
     eod_token, eod_id = resolve_eod(tokenizer, cfg.eod_token)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab_size)
-    encoder = make_encoder(tokenizer.to_str(), eod_id, dtype, scfg.shuffle, scfg.seed)
-    encoder.__name__ = "tokenize"  # the operator's name on the Ray dashboard
+    task = make_tokenize_task(tokenizer.to_str(), eod_id, dtype, scfg.seed)
     writer = ShardWriter(out, dtype, scfg.tokens_per_shard, version=1)
-    for batch in ordered_documents(files, encoder, scfg.shuffle, blocks).iter_batches(
-            batch_format="pyarrow", batch_size=None):
+    for batch in ordered_documents(files, task, scfg.shuffle, blocks):
         writer.add(batch)
     entries = writer.close()
     tok_info = {"file": TOKENIZER_FILE, "sha256": file_sha256(out / TOKENIZER_FILE), "vocab_size": vocab_size,

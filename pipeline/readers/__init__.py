@@ -17,7 +17,7 @@ from pipeline.ledger import StageResult
 from pipeline.readers import csv, jsonl, parquet, text, warc
 from pipeline.readers.base import InputError, InputFile, Rows
 from pipeline.readers.html import get_extractor
-from pipeline.readers.streams import TruncatedStream, compression, lines, read_head
+from pipeline.readers.streams import TruncatedStream, compression, read_head, utf8_lines
 
 __all__ = ["InputError", "InputFile", "expand_inputs", "read_file", "detect_format", "get_extractor"]
 
@@ -41,8 +41,6 @@ def source_name(name: str) -> str:
 
 def _format_by_name(path: Path) -> str | None:
     suffixes = [s.lower() for s in path.suffixes if s.lower() not in COMPRESSION_SUFFIXES]
-    if ".wet" in suffixes:
-        return "wet"
     return FORMAT_SUFFIXES.get(suffixes[-1]) if suffixes else None
 
 
@@ -53,10 +51,10 @@ def detect_format(path: str | Path, declared: str = "auto") -> str:
         return declared
     try:
         with open(path, "rb") as fh:
-            magic = fh.read(4)
+            magic = fh.read(8)
     except OSError as err:
         raise InputError(f"cannot read input {path}: {err}") from None
-    if magic == b"PAR1":
+    if magic.startswith(b"PAR1"):
         return "parquet"
     head = read_head(path, 8) if compression(magic) else magic
     if head.startswith(b"WARC/"):
@@ -89,7 +87,7 @@ def _check_readable(path: Path, fmt: str, spec: InputSpec) -> None:
 
 def _first_line(path: Path) -> str | None:
     try:
-        for line in lines(path):
+        for line in utf8_lines(path)[0]:
             return line.raw.decode("utf-8-sig", "replace").rstrip("\r\n")
     except TruncatedStream:
         return None

@@ -73,20 +73,10 @@ def _record(rows: Rows, records: ArchiveIterator, record, extract: Extractor, ex
     derived = rows.derived_id(offset)
     if error:
         rows.reject(derived, headers.to_str(), "malformed_record", offset, error, url, meta)
-        return
-    if kind == "revisit" or not payload:
+    elif kind == "revisit" or not payload:
         rows.reject(derived, headers.to_str(), "warc_no_body", offset, f"{kind} record has no body", url, meta)
     elif mime in HTML_TYPES or (not mime and payload.lstrip()[:1] == b"<"):
-        try:
-            text = extract(payload, url)
-        except Exception as err:  # noqa: BLE001 - any extractor failure is this record's, not the run's
-            text, why = None, f"{extractor_name} failed: {type(err).__name__}: {err}"
-        else:
-            why = f"{extractor_name} found no main text"
-        if text:
-            rows.keep(derived, text, url, {**meta, "extractor": extractor_name})
-        else:
-            rows.reject(derived, payload, "extraction_failed", offset, why, url, meta)
+        _html(rows, derived, offset, payload, url, meta, extract, extractor_name)
     elif kind == "conversion" or mime in TEXT_TYPES:
         try:
             decoded = decode(payload)
@@ -95,7 +85,22 @@ def _record(rows: Rows, records: ArchiveIterator, record, extract: Extractor, ex
             return
         rows.keep(derived, decoded.text, url, {**meta, **decoded.meta})
     else:
-        rows.reject(derived, payload, "unsupported_content", offset, f"{mime or 'unknown'} content is not text", url, meta)
+        rows.reject(derived, payload, "unsupported_content", offset, f"{mime or 'unknown'} content is not text",
+                    url, meta)
+
+
+def _html(rows: Rows, doc_id: str, offset: int, payload: bytes, url: str | None, meta: dict,
+          extract: Extractor, extractor_name: str) -> None:
+    try:
+        text = extract(payload, url)
+    except Exception as err:  # noqa: BLE001 - any extractor failure is this record's, not the run's
+        text, why = None, f"{extractor_name} failed: {type(err).__name__}: {err}"
+    else:
+        why = f"{extractor_name} found no main text"
+    if text:
+        rows.keep(doc_id, text, url, {**meta, "extractor": extractor_name})
+    else:
+        rows.reject(doc_id, payload, "extraction_failed", offset, why, url, meta)
 
 
 def _tail(path: str | Path, offset: int) -> bytes:

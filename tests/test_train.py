@@ -1,0 +1,74 @@
+"""The Ray Train job end to end: 2 CPU workers (DDP over gloo) on shards of real text.
+
+Two fits in all (each pays Ray Train's fixed start-up): one uninterrupted, one whose last worker
+kills itself mid-run and is resumed by Ray Train from its checkpoint.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.config import parse_config
+from pipeline.schema import DOC_SCHEMA
+from stages.tokenize import tokenize_run
+from stages.train.loop import read_metrics, train
+
+pytestmark = pytest.mark.slow
+
+VOCAB = 1024
+TRAIN = {"preset": "tiny", "seq_len": 64, "batch_size": 8, "steps": 20, "lr": 3e-3, "warmup_steps": 3,
+         "num_workers": 2, "checkpoint_every": 5, "report_every": 5, "eval_every": 10, "eval_batches": 2,
+         "max_failures": 1}
+
+
+@pytest.fixture(scope="module")
+def shard_dir(ray_cluster, shared_data, tmp_path_factory) -> Path:
+    """tinyshakespeare as a curated run (one document per speech), tokenized by the shard stage."""
+    run = tmp_path_factory.mktemp("curated")
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()
+    docs = [d for d in (p.strip() for p in text.split("\n\n")) if d]
+    table = pa.table({"id": [f"ts-{i:05d}" for i in range(len(docs))], "text": docs,
+                      "source": ["tinyshakespeare"] * len(docs), "url": [None] * len(docs),
+                      "meta": [None] * len(docs)}, schema=DOC_SCHEMA)
+    (run / "kept").mkdir()
+    pq.write_table(table, run / "kept" / "part-00000.parquet")
+    config = parse_config({"tokenize": {"vocab_size": VOCAB}, "shard": {"tokens_per_shard": 100_000}})
+    return tokenize_run(run, config)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shard_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("uninterrupted")
+    train(parse_config({"train": TRAIN | {"run_name": "plain"}}), shard_dir, run)
+    return run
+
+
+def test_loss_falls_on_real_text(uninterrupted):
+    """20 steps of the tiny model: training loss at least 1 nat below the first step's (seen: ~1.3),
+    held-out loss below the uniform guess ln(1024) = 6.93, every step logged once."""
+    rows = read_metrics(uninterrupted / "train" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 21))
+    losses = [r["loss"] for r in rows]
+    assert sum(losses[-3:]) / 3 < losses[0] - 1.0, losses
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(vals) == 2 and vals[-1] < math.log(VOCAB) - 1.0
+    assert len(rows[-1]["load_cv"]) == 2  # tiny: 1 dense + 2 MoE layers
+
+
+def test_killed_worker_resumes_to_the_same_parameters(shard_dir, uninterrupted, tmp_path):
+    """The last worker SIGKILLs itself at step 8; Ray Train restarts the group from the step-5
+    checkpoint, and the run ends with parameters bit-equal to the uninterrupted run's."""
+    final = train(parse_config({"train": TRAIN | {"run_name": "chaos", "fault_at_step": 8}}), shard_dir, tmp_path)
+    assert final["steps"] == 20 and final["resumed_from"] == [5]
+    killed = torch.load(tmp_path / "train" / "model.pt", weights_only=True)
+    plain = torch.load(uninterrupted / "train" / "model.pt", weights_only=True)
+    assert killed.keys() == plain.keys()
+    assert all(torch.equal(killed[k], plain[k]) for k in plain)
+    assert any(k.endswith("expert_bias") and killed[k].abs().sum() > 0 for k in killed)
+    rows = read_metrics(tmp_path / "train" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 21))

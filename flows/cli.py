@@ -74,19 +74,42 @@ def run(
     cfg = _load(config, inputs=inputs, out=out)
     if not cfg.inputs:
         _fail("no inputs: give a config with `inputs:` or at least one --input PATH")
-    _run_curate(cfg)
+    _run_pipeline(cfg)
 
 
-def _run_curate(cfg: SluiceConfig) -> dict:
-    from flows.curate import curate
+def _run_pipeline(cfg: SluiceConfig) -> dict:
+    from flows.pipeline import pipeline_flow
+    from pipeline.runtime import start_ray
 
     try:
-        summary = curate(cfg)
-    except InputError as err:
+        url = start_ray(cfg.ray)
+        if url:
+            console.print(f"Ray dashboard: [bold]{url}[/] (token: ~/.ray/auth_token)")
+        result = pipeline_flow(cfg)
+    except (InputError, ConfigError) as err:
         _fail(str(err))
-    print_summary(summary)
-    console.print(f"run directory: [bold]{Path(cfg.out).resolve()}[/]")
-    return summary
+    print_summary(result["summary"])
+    console.print(f"run directory: [bold]{Path(cfg.out).resolve()}[/]  report: {Path(cfg.out).resolve() / 'report.html'}")
+    if "train" in result:
+        t = result["train"]
+        console.print(f"trained {t.get('step')} steps: loss {t.get('loss', float('nan')):.3f}")
+    return result
+
+
+@app.command()
+def demo(
+    docs: Annotated[int, typer.Option(help="documents to generate")] = 3000,
+    out: Annotated[str, typer.Option(help="run directory")] = "runs/demo",
+    config: Annotated[Path, typer.Option(help="config for everything but the inputs")] = Path("examples/demo.yaml"),
+    seed: Annotated[int, typer.Option(help="corpus seed")] = 0,
+) -> None:
+    """Generate a corpus (several sources and formats, with duplicates, boilerplate and junk) and run on it."""
+    from pipeline.democorpus import generate_corpus
+
+    corpus_dir = Path(out).with_name(Path(out).name + "-corpus")
+    info = generate_corpus(corpus_dir, n_docs=docs, seed=seed)
+    console.print(f"generated {info.n_records} records in {corpus_dir}")
+    _run_pipeline(_load(config, inputs=info.inputs, out=out))
 
 
 @app.command()
@@ -96,6 +119,102 @@ def summary(run_dir: Annotated[Path, typer.Argument(help="a finished run directo
         print_summary(load_summary(run_dir), title=f"Ledger of {run_dir}")
     except FileNotFoundError as err:
         _fail(str(err))
+
+
+@app.command()
+def dedup(
+    inputs: Annotated[list[str], typer.Argument(help="input files, folders or globs")],
+    out: Annotated[str, typer.Option("--out", "-o", help="run directory")],
+    threshold: Annotated[Optional[float], typer.Option(help="Jaccard threshold")] = None,
+    num_perm: Annotated[Optional[int], typer.Option(help="MinHash permutations")] = None,
+    ngram: Annotated[Optional[int], typer.Option(help="shingle size")] = None,
+) -> None:
+    """Ingest + exact + fuzzy dedup alone: kept/, rejected/ (duplicate_of, cluster_id), summary.json."""
+    from flows.curate import curate
+    from stages.fuzzy_dedup import configure
+
+    cfg = _load(None, inputs=[{"path": p} for p in inputs], out=out,
+                quality={"langid": {"enabled": False}, "rules": {"enabled": False}})
+    try:
+        cfg = configure(cfg, threshold=threshold, num_perm=num_perm, ngram=ngram)
+        print_summary(curate(cfg))
+    except (InputError, ValueError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def tokenize(
+    run_dir: Annotated[Path, typer.Argument(help="a curated run directory")],
+    tokenizer: Annotated[Optional[Path], typer.Option(help="a tokenizer.json; default: train a BPE")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="config for the tokenize/shard settings")] = None,
+) -> None:
+    """Tokenize a curated run's kept documents into Arrow shards with a manifest (RUN_DIR/shards)."""
+    from flows.tokenize import tokenize_flow
+
+    cfg = _load(config)
+    try:
+        shard_dir = tokenize_flow(cfg, str(run_dir), str(tokenizer) if tokenizer else None)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    console.print(_inspect_text(Path(shard_dir)))
+
+
+def _inspect_text(shard_dir: Path) -> str:
+    from stages.shard import inspect_shards
+
+    return inspect_shards(shard_dir)
+
+
+@app.command()
+def inspect(shard_dir: Annotated[Path, typer.Argument(help="a shard folder with manifest.json")]) -> None:
+    """Show a shard folder: manifest summary, token histogram, and a few samples decoded to text."""
+    from stages.shard import ShardError
+
+    try:
+        console.print(_inspect_text(shard_dir), markup=False, highlight=False)
+    except ShardError as err:
+        _fail(str(err))
+
+
+@app.command()
+def train(config: Annotated[Path, typer.Argument(help="config with a `train:` section")],
+          shards: Annotated[Optional[Path], typer.Option(help="shard folder; default: OUT/shards")] = None) -> None:
+    """Train the MoE model with Ray Train on a shard folder; metrics go to OUT/train/metrics.jsonl."""
+    from flows.train import train_flow
+
+    cfg = _load(config)
+    final = train_flow(cfg, str(shards or Path(cfg.out) / "shards"), cfg.out)
+    for k, v in final.items():
+        console.print(f"{k}: {v}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
+    """Write RUN_DIR/report.html: one self-contained page with the funnel, reasons, languages and samples."""
+    from quality.report import write_report
+
+    try:
+        console.print(f"wrote {write_report(run_dir)}")
+    except FileNotFoundError as err:
+        _fail(str(err))
+
+
+quality_app = typer.Typer(help="Quality classifiers.", no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
+
+
+@quality_app.command("train")
+def quality_train(
+    positive: Annotated[list[Path], typer.Option(help="files of good text (repeatable)")],
+    negative: Annotated[list[Path], typer.Option(help="files of bad text (repeatable)")],
+    out: Annotated[Path, typer.Option(help="where to write the fastText model")],
+) -> None:
+    """Train a fastText quality classifier; print precision, recall, F1 and ROC AUC on a held-out split."""
+    from quality.classifier import train_classifier
+
+    metrics = train_classifier(positive, negative, out)
+    for k, v in metrics.items():
+        console.print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
+from flows.retry import retry_transient
 from pipeline.config import SluiceConfig
 from pipeline.ledger import StageCount
 from pipeline.readers import expand_inputs, get_extractor
@@ -21,7 +22,8 @@ from pipeline.rundir import RunDir, atomic_write_json
 from pipeline.runtime import start_ray
 from pipeline.stage import Build, read_stage, run_stage
 from pipeline.summary import build_summary
-from stages import clean, exact_dedup, ingest
+from quality.report import headline_markdown, write_report
+from stages import clean, exact_dedup, fuzzy_dedup, ingest, langid, quality, rules
 
 log = logging.getLogger("sluice")
 
@@ -37,13 +39,22 @@ def plan_stages(cfg: SluiceConfig) -> list[StagePlan]:
     """The enabled curate stages in order. Input paths are resolved here, before any Ray work."""
     files = expand_inputs(cfg.inputs)
     get_extractor(cfg.ingest.html_extractor)  # a missing optional extractor fails here, not inside Ray
+    q = cfg.quality
     plans = [
         StagePlan(ingest.STAGE, ingest.build(files, cfg.ingest),
                   ingest.inputs_fingerprint(files) + cfg.section_hash("ingest")),
         StagePlan(clean.STAGE, clean.build(cfg.clean), cfg.section_hash("clean")),
     ]
+    if q.langid.enabled:
+        plans.append(StagePlan(langid.STAGE, langid.build(q.langid), cfg.section_hash("quality.langid")))
+    if q.rules.enabled:
+        plans.append(StagePlan(rules.STAGE, rules.build(q.rules), cfg.section_hash("quality.rules")))
     if cfg.dedup.exact.enabled:
-        plans.append(StagePlan(exact_dedup.STAGE, exact_dedup.build, "exact-v1"))
+        plans.append(StagePlan(exact_dedup.STAGE, exact_dedup.build, cfg.section_hash("dedup.exact")))
+    if cfg.dedup.fuzzy.enabled:
+        plans.append(StagePlan(fuzzy_dedup.STAGE, fuzzy_dedup.build, cfg.section_hash("dedup.fuzzy")))
+    if q.classifier.enabled:
+        plans.append(StagePlan(quality.STAGE, quality.build(q.classifier), cfg.section_hash("quality.classifier")))
     return plans
 
 
@@ -51,7 +62,8 @@ def _chain(prev: str, key: str, name: str) -> str:
     return hashlib.sha256(f"{prev}|{name}|{key}".encode()).hexdigest()[:16]
 
 
-@task(cache_policy=NONE, task_run_name="{plan.name}")
+@task(cache_policy=NONE, task_run_name="{plan.name}", retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_transient)
 def run_stage_task(run: RunDir, plan: StagePlan, fingerprint: str, upstream: str | None,
                    cfg: SluiceConfig, expected: int | None) -> StageCount:
     return run_stage(run, plan.name, fingerprint, plan.build,
@@ -84,6 +96,9 @@ def curate(cfg: SluiceConfig) -> dict:
     run.publish([p.name for p in plans])
     summary = build_summary(counts)
     atomic_write_json(run.root / "summary.json", summary)
-    create_markdown_artifact(summary_markdown(summary), key="curate-summary",
+    create_markdown_artifact(summary_markdown(summary), key="curate-ledger",
                              description=f"Ledger of run {Path(cfg.out).resolve()}")
+    write_report(run.root)
+    create_markdown_artifact(headline_markdown(run.root), key="curate-report",
+                             description="Data-quality headline and the report's path")
     return summary

@@ -194,10 +194,14 @@ class SluiceConfig(Section):
     train: TrainConfig = TrainConfig()
     output: OutputConfig = OutputConfig()
 
-    def section_hash(self, *names: str) -> str:
-        """A stable hash of the named sections, used to tell whether finished work is still valid."""
-        data = {n: getattr(self, n).model_dump(mode="json") if hasattr(getattr(self, n), "model_dump")
-                else [i.model_dump(mode="json") for i in getattr(self, n)] for n in names}
+    def section_hash(self, *paths: str) -> str:
+        """A stable hash of the named sections (dotted paths), used to tell whether finished work is still valid."""
+        data = {}
+        for path in paths:
+            node = self
+            for part in path.split("."):
+                node = getattr(node, part)
+            data[path] = [i.model_dump(mode="json") for i in node] if isinstance(node, list) else node.model_dump(mode="json")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -81,12 +81,12 @@ def small_star(edges: pa.Table) -> pa.Table:
     return pl.concat([own, rewired]).to_arrow()
 
 
-def _grouped(ds: ray.data.Dataset, step) -> ray.data.Dataset:
+def _grouped(ds: ray.data.Dataset, step, partitions: int) -> ray.data.Dataset:
     def run(group: pa.Table) -> pa.Table:
         return step(group)
 
     run.__name__ = step.__name__
-    return ds.groupby(PART).map_groups(run, batch_format="pyarrow").materialize()
+    return ds.groupby(PART, num_partitions=partitions).map_groups(run, batch_format="pyarrow").materialize()
 
 
 def _changes(ds: ray.data.Dataset) -> int:
@@ -102,8 +102,8 @@ def distributed_components(edges: ray.data.Dataset, partitions: int) -> ray.data
     current = edges
     while True:
         large = _grouped(current.map_batches(_both_directions, fn_kwargs={"partitions": partitions},
-                                             batch_format="pyarrow"), large_star)
-        small = _grouped(large.map_batches(route, batch_format="pyarrow"), small_star)
+                                             batch_format="pyarrow"), large_star, partitions)
+        small = _grouped(large.map_batches(route, batch_format="pyarrow"), small_star, partitions)
         if _changes(large) == 0 and _changes(small) == 0:
             return small.select_columns(["node", "root"])
         current = small.select_columns(["node", "root"])

@@ -204,14 +204,14 @@ def _rejections(edges: ray.data.Dataset, clustering: str, partitions: int) -> pa
     return _collect(components.map_batches(decisions, batch_format="pyarrow"), DECISION_SCHEMA)
 
 
-def _write_index(rows: ray.data.Dataset, rejected: pa.Table, folder: Path, meta: dict) -> None:
+def _write_index(rows: ray.data.Dataset, rejected: pa.Table, folder: Path, meta: dict, partitions: int) -> None:
     def write(group: pa.Table) -> pa.Table:
         part = group[PART][0].as_py()
         write_part(index_rows(group, rejected), folder / f"part-{part:05d}.parquet")
         return pa.table({"part": [part]})
 
     folder.mkdir(parents=True, exist_ok=True)
-    rows.groupby(PART).map_groups(write, batch_format="pyarrow").materialize()
+    rows.groupby(PART, num_partitions=partitions).map_groups(write, batch_format="pyarrow").materialize()
     atomic_write_json(folder / INDEX_PARAMS, meta)
 
 
@@ -229,10 +229,10 @@ def build(ds: ray.data.Dataset, ctx: StageContext) -> ray.data.Dataset:
                 old_band_rows, fn_kwargs={"settings": settings, "partitions": partitions}, batch_format="pyarrow")
             rows = rows.union(old)
     rows = rows.materialize()
-    edges = rows.groupby(PART).map_groups(bucket_edges, fn_kwargs={"settings": settings},
+    edges = rows.groupby(PART, num_partitions=partitions).map_groups(bucket_edges, fn_kwargs={"settings": settings},
                                           batch_format="pyarrow").materialize()
     rejected = _rejections(edges, cfg.clustering, partitions)
-    _write_index(rows, rejected, ctx.workdir / INDEX_DIR, settings.index_meta())
+    _write_index(rows, rejected, ctx.workdir / INDEX_DIR, settings.index_meta(), partitions)
 
     def fuzzy_dedup(batch: pa.Table) -> pa.Table:
         return combine(mark(batch, rejected, ctx.name))

@@ -1,0 +1,218 @@
+"""Tokenize + shard on real text and real tokenizers: dtypes, exact round trips, determinism, resumability."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from pipeline.config import SluiceConfig
+from pipeline.schema import DOC_SCHEMA
+from stages.shard import ShardError, file_sha256, inspect_shards, open_shard, read_manifest, token_view
+from stages.tokenize import resolve_eod, sample_texts, tokenize_run, train_bpe
+
+ROOT = Path(__file__).resolve().parent.parent
+NEOX = "tokenizers/dolma_gpt-neo-test-tokenizer.json"
+LLAMA = "tokenizers/dolma_llama-test-tokenizer.json"
+
+
+def real_docs(shared: Path, per_source: int = 120) -> list[dict]:
+    """Wikitext articles and Shakespeare scenes, with their own ids and sources."""
+    docs = []
+    for source, rel, sep in [("wiki", "wikitext-2/valid.txt", "\n = "), ("plays", "tinyshakespeare/input.txt", "\n\n")]:
+        parts = [p for p in (shared / rel).read_text(encoding="utf-8").split(sep) if p.strip()][:per_source]
+        docs += [{"id": f"{source}-{i:04d}", "text": t, "source": source, "url": None, "meta": "{}"}
+                 for i, t in enumerate(parts)]
+    return docs
+
+
+def make_run(root: Path, docs: list[dict], parts: int = 3) -> Path:
+    """A curated run as the pipeline leaves it: RUN/kept/part-*.parquet in DOC_SCHEMA."""
+    (root / "kept").mkdir(parents=True)
+    for p in range(parts):
+        pq.write_table(pa.Table.from_pylist(docs[p::parts], schema=DOC_SCHEMA), root / "kept" / f"part-{p:05d}.parquet")
+    return root
+
+
+def config(**shard) -> SluiceConfig:
+    return SluiceConfig.model_validate({"shard": {"tokens_per_shard": 20_000, **shard},
+                                        "tokenize": {"vocab_size": 600, "train_sample_docs": 200}})
+
+
+def read_docs(shard_dir: Path) -> list[tuple[str, np.ndarray]]:
+    """(doc_id, tokens) of every document, in shard order."""
+    out = []
+    for entry in read_manifest(shard_dir)["shards"]:
+        for batch in open_shard(shard_dir, entry, verify="sha256"):
+            values, offsets = token_view(batch)
+            out += [(d, values[a:b]) for d, a, b in zip(batch.column("doc_id").to_pylist(), offsets[:-1], offsets[1:])]
+    return out
+
+
+def folder_bytes(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def docs(shared_data) -> list[dict]:
+    return real_docs(shared_data)
+
+
+@pytest.mark.parametrize("rel", [NEOX, LLAMA])
+def test_real_tokenizers_give_uint16_shards_with_full_manifest(tmp_path, docs, shared_data, ray_cluster, rel):
+    source = shared_data / rel
+    out = tokenize_run(make_run(tmp_path, docs), config(), tokenizer=str(source))
+    m = read_manifest(out)
+    tok = Tokenizer.from_file(str(source))
+    assert m["dtype"] == "uint16" and m["version"] == 1 and m["tokenizer"]["vocab_size"] == tok.get_vocab_size(True)
+    assert m["tokenizer"]["sha256"] == file_sha256(source) == file_sha256(out / "tokenizer.json")
+    assert m["tokenizer"]["eod_token"] == ("<|endoftext|>" if rel == NEOX else "</s>")
+    with ipc.open_file(pa.memory_map(str(out / m["shards"][0]["file"]))) as reader:
+        assert reader.schema.field("tokens").type == pa.list_(pa.uint16())
+        assert reader.num_record_batches == 1
+    got = read_docs(out)
+    assert len(got) == m["docs"] == len(docs) and sorted(d for d, _ in got) == sorted(d["id"] for d in docs)
+    assert sum(len(t) for _, t in got) == m["tokens"] == sum(e["tokens"] for e in m["shards"])
+    assert sum(m["sources"].values()) == m["tokens"] and set(m["sources"]) == {"wiki", "plays"}
+    assert all(t[-1] == m["tokenizer"]["eod_id"] for _, t in got)
+    assert all(e["version"] == 1 and e["sha256"] == file_sha256(out / e["file"]) for e in m["shards"])
+    assert m["versions"] == [{"version": 1, "fingerprint": m["fingerprint"], "config_hash": m["config_hash"],
+                              "shards": [e["file"] for e in m["shards"]]}]
+
+
+def test_byte_level_bpe_shards_decode_to_the_documents_exactly(tmp_path, docs, shared_data, ray_cluster):
+    out = tokenize_run(make_run(tmp_path, docs), config(), tokenizer=str(shared_data / NEOX))
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    text = {d["id"]: d["text"] for d in docs}
+    for doc_id, tokens in read_docs(out):
+        assert tok.decode(tokens[:-1].tolist(), skip_special_tokens=False) == text[doc_id]
+
+
+def test_trained_bpe_is_reproducible_and_round_trips(tmp_path, shared_data, ray_cluster):
+    plays = [p for p in (shared_data / "tinyshakespeare/input.txt").read_text().split("\n\n") if p.strip()][:400]
+    docs = [{"id": f"s{i}", "text": t, "source": "plays", "url": None, "meta": None} for i, t in enumerate(plays)]
+    first = tokenize_run(make_run(tmp_path / "a", docs), config())
+    second = tokenize_run(make_run(tmp_path / "b", docs, parts=2), config())
+    assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
+    m = read_manifest(first)
+    assert m["tokenizer"]["trained"] and m["tokenizer"]["vocab_size"] == 600
+    tok = Tokenizer.from_file(str(first / "tokenizer.json"))
+    text = {d["id"]: d["text"] for d in docs}
+    assert all(tok.decode(t[:-1].tolist()) == text[d] for d, t in read_docs(first))
+    files = sorted((tmp_path / "a" / "kept").glob("*.parquet"))
+    assert sample_texts(files, 50, seed=1) != sample_texts(files, 50, seed=2)
+    assert train_bpe(plays, 400, ["<|endoftext|>"]).to_str() == train_bpe(plays, 400, ["<|endoftext|>"]).to_str()
+
+
+def test_vocabulary_above_65536_gives_uint32(tmp_path, ray_cluster):
+    vocab = {f"w{i}": i for i in range(70_000)} | {"[UNK]": 70_000, "<|endoftext|>": 70_001}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    path = tmp_path / "big.json"
+    tok.save(str(path))
+    docs = [{"id": f"d{i}", "text": f"w{69_999 - i} w{i} w{65_536 + i}", "source": "synthetic", "url": None, "meta": None}
+            for i in range(50)]
+    out = tokenize_run(make_run(tmp_path / "run", docs), config(), tokenizer=str(path))
+    assert read_manifest(out)["dtype"] == "uint32"
+    got = dict(read_docs(out))
+    assert got["d7"].dtype == np.uint32 and got["d7"].tolist() == [69_992, 7, 65_543, 70_001]
+
+
+def test_same_bytes_whatever_parallelism(tmp_path, docs, shared_data, ray_cluster):
+    """Many Ray tasks on the 2-CPU session cluster == one block in a separate 1-CPU Ray cluster."""
+    tokenizer = str(shared_data / NEOX)
+    many = tokenize_run(make_run(tmp_path / "many", docs), config(), tokenizer=tokenizer, blocks=3)
+    make_run(tmp_path / "one", docs)
+    script = ("import sys; from pathlib import Path; from pipeline.config import SluiceConfig;"
+              "from stages.tokenize import tokenize_run;"
+              "cfg = SluiceConfig.model_validate({'ray': {'num_cpus': 1, 'dashboard': False},"
+              "'shard': {'tokens_per_shard': 20000}, 'tokenize': {'vocab_size': 600, 'train_sample_docs': 200}});"
+              "tokenize_run(Path(sys.argv[1]), cfg, tokenizer=sys.argv[2], blocks=1)")
+    env = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "one"), tokenizer], check=True, cwd=ROOT, env=env,
+                   timeout=300)
+    one = tmp_path / "one" / "shards"
+    assert len(read_manifest(many)["shards"]) > 1
+    assert folder_bytes(many) == folder_bytes(one)
+
+
+def test_shards_cut_at_target_and_order_is_seeded(tmp_path, docs, shared_data, ray_cluster):
+    tokenizer = str(shared_data / NEOX)
+    run = make_run(tmp_path, docs)
+    out = tokenize_run(run, config(tokens_per_shard=5_000), tokenizer=tokenizer)
+    m = read_manifest(out)
+    got = read_docs(out)
+    lengths = {d: len(t) for d, t in got}
+    assert [e["file"] for e in m["shards"]] == [f"shard-{i:05d}.arrow" for i in range(len(m["shards"]))]
+    position = 0
+    for i, entry in enumerate(m["shards"]):
+        last = got[position + entry["docs"] - 1][0]
+        if i < len(m["shards"]) - 1:  # closes at the first document that reaches the target
+            assert entry["tokens"] >= 5_000 > entry["tokens"] - lengths[last]
+        position += entry["docs"]
+    shuffled = [d for d, _ in got]
+    stable = [d for d, _ in read_docs(tokenize_run(run, config(tokens_per_shard=5_000, shuffle=False),
+                                                   tokenizer=tokenizer))]
+    reseeded = [d for d, _ in read_docs(tokenize_run(run, config(tokens_per_shard=5_000, seed=1),
+                                                     tokenizer=tokenizer))]
+    files = sorted((run / "kept").glob("*.parquet"))
+    assert stable == [i for f in files for i in pq.read_table(f)["id"].to_pylist()]
+    assert sorted(shuffled) == sorted(stable) == sorted(reseeded)
+    assert len({tuple(shuffled), tuple(stable), tuple(reseeded)}) == 3
+
+
+def test_rerun_skips_finished_shards_and_rebuilds_on_change(tmp_path, docs, shared_data, ray_cluster):
+    run = make_run(tmp_path, docs)
+    tokenizer = str(shared_data / NEOX)
+    out = tokenize_run(run, config(), tokenizer=tokenizer)
+    stale = run / ".shards.tmp-deadbeef"  # what a killed run leaves behind
+    stale.mkdir()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert tokenize_run(run, config(), tokenizer=tokenizer) == out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    m1 = read_manifest(out)
+    tokenize_run(run, config(tokens_per_shard=7_000), tokenizer=tokenizer)
+    m2 = read_manifest(out)
+    assert m2["fingerprint"] != m1["fingerprint"] and m2["config_hash"] != m1["config_hash"]
+    assert not stale.exists() and not list(run.glob(".shards.*"))
+    assert {p.name for p in out.iterdir()} == {"manifest.json", "tokenizer.json"} | {e["file"] for e in m2["shards"]}
+
+
+def test_end_of_document_token_resolution(shared_data):
+    llama = Tokenizer.from_file(str(shared_data / LLAMA))
+    assert resolve_eod(llama, "auto") == ("</s>", 2)
+    assert resolve_eod(llama, "<s>") == ("<s>", 1)
+    assert resolve_eod(llama, None) == (None, None)
+    with pytest.raises(ValueError, match="not in the tokenizer"):
+        resolve_eod(llama, "<|endoftext|>")
+    plain = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    with pytest.raises(ValueError, match="auto"):
+        resolve_eod(plain, "auto")
+
+
+def test_inspect_and_corruption_name_the_shard(tmp_path, docs, shared_data, ray_cluster):
+    out = tokenize_run(make_run(tmp_path, docs), config(), tokenizer=str(shared_data / NEOX))
+    report = inspect_shards(out)
+    m = read_manifest(out)
+    first_id, first_tokens = read_docs(out)[0]
+    decoded = Tokenizer.from_file(str(out / "tokenizer.json")).decode(first_tokens.tolist())
+    assert "shard-00000.arrow" in report and "tokens per document" in report and f"{m['tokens']:,} tokens" in report
+    assert first_id in report and decoded[:40] in report.replace("\\n", "\n")
+    victim = out / m["shards"][1]["file"]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="shard-00001.arrow is corrupt: sha256"):
+        read_docs(out)
+    victim.unlink()
+    with pytest.raises(ShardError, match="shard-00001.arrow is missing"):
+        inspect_shards(out)
+    assert json.loads((out / "manifest.json").read_text())["shards"][1]["file"] == "shard-00001.arrow"

@@ -90,7 +90,8 @@ def _write_partitions(ds: ray.data.Dataset, workdir: Path, partitions: int) -> d
 
     counts: Counter[str] = Counter()
     tagged = ds.map_batches(tag, batch_format="pyarrow")
-    for row in tagged.groupby(PART_COLUMN).map_groups(write_group, batch_format="pyarrow").iter_rows():
+    groups = tagged.groupby(PART_COLUMN, num_partitions=partitions)
+    for row in groups.map_groups(write_group, batch_format="pyarrow").iter_rows():
         counts[row["reason"]] += row["n"]
     return dict(counts)
 

@@ -17,6 +17,7 @@ STAGE = "exact_dedup"
 HASH = "_text_hash"
 BUCKET = "_hash_bucket"
 BUCKETS = 64
+SHUFFLE_PARTITIONS = 8  # reduce tasks; buckets spread over them
 
 
 def text_hashes(text: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -51,5 +52,5 @@ def build(ds: ray.data.Dataset, ctx: StageContext) -> ray.data.Dataset:
     def exact_dedup(bucket: pa.Table) -> pa.Table:
         return combine(dedup(bucket, ctx.name))
 
-    return ds.map_batches(_tag, batch_format="pyarrow").groupby(BUCKET).map_groups(
+    return ds.map_batches(_tag, batch_format="pyarrow").groupby(BUCKET, num_partitions=SHUFFLE_PARTITIONS).map_groups(
         exact_dedup, batch_format="pyarrow")

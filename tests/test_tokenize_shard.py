@@ -136,7 +136,7 @@ def test_same_bytes_whatever_parallelism(tmp_path, docs, shared_data, ray_cluste
               "cfg = SluiceConfig.model_validate({'ray': {'num_cpus': 1, 'dashboard': False},"
               "'shard': {'tokens_per_shard': 20000}, 'tokenize': {'vocab_size': 600, 'train_sample_docs': 200}});"
               "tokenize_run(Path(sys.argv[1]), cfg, tokenizer=sys.argv[2], blocks=1)")
-    env = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "one"), tokenizer], check=True, cwd=ROOT, env=env,
                    timeout=300)
     one = tmp_path / "one" / "shards"

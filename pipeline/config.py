@@ -108,6 +108,7 @@ class RulesConfig(Section):
     signals_only: bool = False
     disable: list[str] = Field(default_factory=list, description="rule names to switch off")
     params: dict[str, float] = Field(default_factory=dict, description="override a rule's threshold by name")
+    languages: list[str] | None = Field(["en"], description="apply to documents of these `lang`s; null: all")
 
 
 class ClassifierConfig(Section):
@@ -169,6 +170,7 @@ class TrainConfig(Section):
     report_every: int = Field(10, ge=1, description="steps between ray.train.report calls (~1 s each)")
     eval_every: int = Field(50, ge=1)
     eval_batches: int = Field(4, ge=1)
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="tail of the token stream held out for val_loss")
     max_failures: int = Field(1, ge=0)
     run_name: str = Field("train", description="Ray Train run name; reusing it resumes that run")
     fault_at_step: int | None = Field(

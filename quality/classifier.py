@@ -71,7 +71,7 @@ def read_documents(path: str | Path, text_column: str | None = None) -> list[str
         records = [json.loads(line) for line in _open_text(path).splitlines() if line.strip()]
         frame = pl.DataFrame({"text": [r.get(text_column or "text") for r in records]})
     else:
-        text = _open_text(path)
+        text = _open_text(path).strip()
         parts = re.split(r"\n\s*\n", text) if re.search(r"\n\s*\n", text) else text.split("\n")
         return [p.strip() for p in parts if p.strip()]
     column = _text_column(frame.columns, text_column, path)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pipeline.rundir import atomic_write_bytes, safe_join
 
@@ -40,7 +41,7 @@ class RunData:
     root: Path
     summary: dict
     kept: pl.DataFrame  # length, lang?, quality_score?
-    rejected: pl.DataFrame  # id, source, stage, reason, detail, cluster_id, length
+    rejected: pl.DataFrame  # id, source, stage, reason, detail, duplicate_of, cluster_id, length
     shard_tokens: list[tuple[str, int]]
 
 
@@ -86,7 +87,7 @@ def load_run(run_dir: str | Path) -> RunData:
         raise FileNotFoundError(f"{summary_file} not found: is {run} a finished curate run?")
     kept = _read(run / "kept", {"lang": pl.String, "quality_score": pl.Float64})
     rejected = _read(run / "rejected", {c: pl.String for c in ("id", "source", "stage", "reason", "detail",
-                                                                "cluster_id")})
+                                                                "duplicate_of", "cluster_id")})
     return RunData(run, json.loads(summary_file.read_text()), kept, rejected, _shard_tokens(run))
 
 
@@ -177,7 +178,7 @@ def cluster_figure(sizes: np.ndarray) -> str:
     fig, ax = _figure()
     values, counts = np.unique(sizes, return_counts=True)
     ax.bar(values.astype(str), counts, color=ACCENT)
-    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("documents per duplicate cluster")
     ax.set_ylabel("clusters")
     ax.set_title("Duplicate clusters", loc="left")
@@ -222,8 +223,10 @@ def language_counts(data: RunData) -> list[tuple[str, int, int]]:
 
 
 def cluster_sizes(rejected: pl.DataFrame) -> np.ndarray:
-    """Documents per duplicate cluster: its rejected members plus the one copy that was kept."""
-    counts = rejected["cluster_id"].drop_nulls().value_counts()
+    """Documents per duplicate cluster (fuzzy `cluster_id`, else the exact `duplicate_of` keeper):
+    its rejected members plus the one copy that was kept."""
+    key = pl.coalesce(pl.col("cluster_id"), pl.lit("=") + pl.col("duplicate_of")).alias("cluster")
+    counts = rejected.select(key).to_series().drop_nulls().value_counts()
     return (counts["count"].to_numpy() + 1) if counts.height else np.array([], dtype=int)
 
 
@@ -304,7 +307,8 @@ def render_html(data: RunData, title: str) -> str:
             [[st["stage"], st["in"], st["kept"], st["rejected"]] for st in s["stages"]], {1, 2, 3})),
         _section("Rejections by reason",
                  _fig(reasons_figure(reasons[:TOP_REASONS])) if reasons else '<p class="note">None.</p>',
-                 _table(["stage: reason", "documents"], [list(r) for r in reasons], {1})),
+                 "<details><summary>as a table</summary>"
+                 f'{_table(["stage: reason", "documents"], [list(r) for r in reasons], {1})}</details>'),
     ]
     langs = language_counts(data)
     if langs:

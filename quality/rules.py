@@ -91,6 +91,7 @@ RULES: tuple[Rule, ...] = (
     Rule("fineweb.list_ratio", "newlines per word", max=0.3),
 )
 RULES_BY_NAME = {r.name: r for r in RULES}
+ALL_LINES_REMOVED = "c4.all_lines_removed"  # a consequence of the line rules, not a rule of its own
 SIGNAL_PREFIX = "signal."
 
 
@@ -241,7 +242,7 @@ def _c4(docs: pl.DataFrame, rules: dict[str, ActiveRule]) -> pl.DataFrame:
         .with_columns(line=pl.col("line").str.strip_chars()).filter(pl.col("line") != "")
     if "c4.citations" in rules:
         lines = lines.with_columns(cited=pl.col("line").str.contains(CITATION),
-                                   line=pl.col("line").str.replace_all(CITATION, ""))
+                                   line=pl.col("line").str.replace_all(CITATION, "").str.strip_chars())
     lower = pl.col("line").str.to_lowercase()
     fails = {
         "c4.max_word_length": lambda r: pl.col("line").str.contains(rf"\S{{{int(r.max) + 1},}}"),
@@ -328,7 +329,9 @@ def evaluate(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, cfg: Rule
     frames = []
     if families & {"gopher", "gopher_rep"}:
         docs = docs.with_columns(words=_words(pl.col("text")))
-        frames += [_gopher_signals(docs), _ngram_repetition(docs)]
+        frames.append(_gopher_signals(docs))
+        if any(name.endswith("gram") for name in by_name):
+            frames.append(_ngram_repetition(docs))
     text = docs["text"]
     if "c4" in families:
         c4 = _c4(docs, by_name)
@@ -340,12 +343,13 @@ def evaluate(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, cfg: Rule
     signals = docs.select("doc")
     for f in frames:
         signals = signals.join(f, on="doc", how="left")
-    names = [a.rule.name for a in rules]
-    signals = signals.select([pl.col(n).cast(pl.Float64) for n in names])
-    doc_rules = [a for a in rules if not a.rule.line]
-    checks = [(a.rule.name, *_fail_expr(a)) for a in doc_rules]
-    verdict = signals.select(
-        reason=pl.coalesce([pl.when(f).then(pl.lit(n)) for n, f, _ in checks] or [pl.lit(None, pl.String)]),
-        detail=pl.coalesce([pl.when(f).then(d) for _, f, d in checks] or [pl.lit(None, pl.String)]),
+    signals = signals.select("doc", *[pl.col(a.rule.name).cast(pl.Float64) for a in rules])
+    checks = [(a.rule.name, *_fail_expr(a)) for a in rules if not a.rule.line]
+    if any(a.rule.line for a in rules):  # a document C4 emptied is never kept, even with its doc rules off
+        checks.append((ALL_LINES_REMOVED, pl.col("_emptied"), pl.lit("the C4 line rules removed every line")))
+    nothing = pl.repeat(None, pl.len(), dtype=pl.String)
+    verdict = signals.with_columns(_emptied=(text.str.len_chars() == 0) & (docs["text"].str.len_chars() > 0)).select(
+        reason=pl.coalesce([pl.when(f).then(pl.lit(n)) for n, f, _ in checks] + [nothing]),
+        detail=pl.coalesce([pl.when(f).then(d) for _, f, d in checks] + [nothing]),
     )
-    return Evaluation(signals=signals, text=text, reason=verdict["reason"], detail=verdict["detail"])
+    return Evaluation(signals=signals.drop("doc"), text=text, reason=verdict["reason"], detail=verdict["detail"])

@@ -15,6 +15,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray
+from ray.data.context import ShuffleStrategy
+from ray.data.grouped_data import GroupedData
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -81,12 +83,26 @@ def small_star(edges: pa.Table) -> pa.Table:
     return pl.concat([own, rewired]).to_arrow()
 
 
+def by_partition(ds: ray.data.Dataset, partitions: int) -> GroupedData:
+    """Group on the `_part` column with a sort-based shuffle.
+
+    Ray's default hash shuffle parks aggregator actors on the CPUs, which on a small machine
+    starves the tasks; the sort shuffle uses plain tasks. Set on this dataset's own context only.
+    """
+    ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    return ds.groupby(PART, num_partitions=partitions)
+
+
 def _grouped(ds: ray.data.Dataset, step, partitions: int) -> ray.data.Dataset:
     def run(group: pa.Table) -> pa.Table:
         return step(group)
 
     run.__name__ = step.__name__
-    return ds.groupby(PART, num_partitions=partitions).map_groups(run, batch_format="pyarrow").materialize()
+    return by_partition(ds, partitions).map_groups(run, batch_format="pyarrow").materialize()
+
+
+def _edges_only(batch: pa.Table) -> pa.Table:
+    return batch.select(EDGE_SCHEMA.names).cast(EDGE_SCHEMA)
 
 
 def _changes(ds: ray.data.Dataset) -> int:
@@ -104,6 +120,6 @@ def distributed_components(edges: ray.data.Dataset, partitions: int) -> ray.data
         large = _grouped(current.map_batches(_both_directions, fn_kwargs={"partitions": partitions},
                                              batch_format="pyarrow"), large_star, partitions)
         small = _grouped(large.map_batches(route, batch_format="pyarrow"), small_star, partitions)
+        current = small.map_batches(_edges_only, batch_format="pyarrow")
         if _changes(large) == 0 and _changes(small) == 0:
-            return small.select_columns(["node", "root"])
-        current = small.select_columns(["node", "root"])
+            return current

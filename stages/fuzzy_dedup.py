@@ -25,20 +25,19 @@ from pipeline.config import FuzzyDedupConfig, SluiceConfig
 from pipeline.ledger import StageResult, combine, rejected_rows
 from pipeline.rundir import atomic_write_json
 from pipeline.stage import StageContext, write_part
-from stages.components import distributed_components, local_components
+from stages.components import PART, by_partition, distributed_components, local_components
 from stages.lsh import EDGE_SCHEMA, band_rows, lsh_params, star_edges
 from stages.minhash import MinHashParams, signatures
 
 STAGE = "fuzzy_dedup"
 REASON = "near_duplicate"
 INDEX_DIR = "band_index"
-INDEX_PARAMS = "params.json"
+INDEX_PARAMS = "_params.json"  # leading underscore: Parquet readers skip it
 INDEX_SCHEMA = pa.schema([("band", pa.int32()), ("band_hash", pa.uint64()), ("id", pa.string())])
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
 QUALITY = "quality_score"
 OLD, NEW = "0", "1"  # key prefixes: earlier-run documents sort (and so are kept) first
 SIG = "_sig"
-PART = "_part"
 DECISION_SCHEMA = pa.schema([("id", pa.string()), ("duplicate_of", pa.string()), ("cluster_id", pa.string())])
 # Up to this many candidate edges, `clustering: auto` collects them on the driver.
 AUTO_LOCAL_EDGES = 2_000_000
@@ -211,7 +210,7 @@ def _write_index(rows: ray.data.Dataset, rejected: pa.Table, folder: Path, meta:
         return pa.table({"part": [part]})
 
     folder.mkdir(parents=True, exist_ok=True)
-    rows.groupby(PART, num_partitions=partitions).map_groups(write, batch_format="pyarrow").materialize()
+    by_partition(rows, partitions).map_groups(write, batch_format="pyarrow").materialize()
     atomic_write_json(folder / INDEX_PARAMS, meta)
 
 
@@ -229,7 +228,7 @@ def build(ds: ray.data.Dataset, ctx: StageContext) -> ray.data.Dataset:
                 old_band_rows, fn_kwargs={"settings": settings, "partitions": partitions}, batch_format="pyarrow")
             rows = rows.union(old)
     rows = rows.materialize()
-    edges = rows.groupby(PART, num_partitions=partitions).map_groups(bucket_edges, fn_kwargs={"settings": settings},
+    edges = by_partition(rows, partitions).map_groups(bucket_edges, fn_kwargs={"settings": settings},
                                           batch_format="pyarrow").materialize()
     rejected = _rejections(edges, cfg.clustering, partitions)
     _write_index(rows, rejected, ctx.workdir / INDEX_DIR, settings.index_meta(), partitions)

@@ -1,17 +1,19 @@
 """MinHash signatures for a whole batch of texts, bit-compatible with datasketch's default scheme.
 
-Normalising and shingling run in polars (Rust), shingle hashing and the permutation/min step run
-vectorised in numpy (or torch), so no Python code runs per shingle. datasketch 2.x's `affine32`
-scheme pre-mixes each 32-bit shingle hash with the MurmurHash3 finalizer, then takes, per
-permutation k, min over shingles of `a_k * h + b_k mod 2^32`; the permutations `(a, b)` are taken
-from datasketch itself, so `datasketch.MinHash(num_perm, seed, hashfunc=shingle_hash)` fed
-`shingle_lists(...)` gives exactly `signatures(...)`.
+Normalising and tokenising run in polars (Rust); hashing and the permutation/min step run
+vectorised in numpy (or torch), so no Python code runs per shingle. A shingle's 32-bit hash is
+built from 64-bit hashes of its tokens, so each byte of text is hashed once rather than once per
+n-gram it belongs to. datasketch 2.x's `affine32` scheme pre-mixes each shingle hash with the
+MurmurHash3 finalizer, then takes, per permutation k, the min over shingles of `a_k * h + b_k mod
+2^32`; the permutations `(a, b)` are taken from datasketch itself, so
+`datasketch.MinHash(num_perm, seed, hashfunc=shingle_hasher(params))` fed `shingle_lists(...)`
+gives exactly `signatures(...)`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import polars as pl
@@ -25,15 +27,18 @@ Backend = Literal["numpy", "torch"]
 U32 = np.uint32
 U64 = np.uint64
 MASK32 = (1 << 32) - 1
-# Shingle hash: a polynomial over the UTF-8 bytes mod 2^64, the length mixed in, then the 64-bit
-# MurmurHash3 finalizer; the low 32 bits are the shingle's hash. Stable across library versions,
-# which the persisted band index relies on (polars' own hash is not).
+MASK64 = (1 << 64) - 1
+# Token hash: a polynomial over the UTF-8 bytes mod 2^64, the length mixed in, then the 64-bit
+# MurmurHash3 finalizer. A shingle's hash: the same polynomial over its token hashes, finalized,
+# low 32 bits. Stable across library versions, which the persisted band index relies on (polars'
+# own hash is not).
 POLY = 0x100000001B3
 LENGTH_MIX = 0x9E3779B97F4A7C15
 FMIX64 = (33, 0xFF51AFD7ED558CCD, 33, 0xC4CEB9FE1A85EC53, 33)
 FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)
-# Bound on the (shingles x num_perm) uint32 block held at once by the permutation/min step.
-BLOCK_ELEMENTS = 1 << 18
+# Shingles per pass of the permutation/min step and bytes per pass of the token hash: small
+# enough for the working set to stay in cache, as large temporaries cost more than arithmetic.
+BLOCK_SHINGLES = 1 << 16
 HASH_CHUNK_BYTES = 1 << 17
 
 
@@ -60,32 +65,35 @@ def normalize(text: pl.Expr, lowercase: bool = True) -> pl.Expr:
     return text.str.replace_all(r"[\p{P}\p{S}\s]+", " ").str.strip_chars(" ")
 
 
-def shingle_frame(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, params: MinHashParams) -> pl.DataFrame:
-    """One row per (doc, shingle), docs numbered from 0 in input order.
+def _separator(params: MinHashParams) -> str:
+    return "" if params.char_ngrams else " "
 
-    A document with fewer tokens than `ngram` (including an empty one) becomes a single shingle:
-    its whole normalised text, so every document gets a signature.
-    """
-    series = pl.Series("text", texts, dtype=pl.String).fill_null("")
-    sep = "" if params.char_ngrams else " "
-    norm = normalize(pl.col("text"), params.lowercase)
-    tokens = norm.str.split(sep) if params.char_ngrams else norm.str.split(" ").list.eval(
-        pl.element().filter(pl.element() != ""))
-    grams = tokens.list.eval(
-        pl.concat_str([pl.element().shift(-j) for j in range(params.ngram)], separator=sep)
-    ).list.drop_nulls()
+
+def _token_lists(texts, params: MinHashParams) -> pl.DataFrame:
+    """(doc, tokens): words, or characters; an empty document has the one token ""."""
+    tokens = pl.col("tokens")
     return (
-        series.to_frame()
+        pl.Series("text", texts, dtype=pl.String).fill_null("").to_frame()
         .with_row_index("doc")
-        .select("doc", shingle=pl.when(grams.list.len() > 0).then(grams).otherwise(pl.concat_list(norm)))
-        .explode("shingle")
+        .select("doc", tokens=normalize(pl.col("text"), params.lowercase).str.split(_separator(params)))
+        .with_columns(tokens=pl.when(tokens.list.len() > 0).then(tokens).otherwise(pl.concat_list(pl.lit(""))))
     )
 
 
 def shingle_lists(texts: Sequence[str | None], params: MinHashParams) -> list[list[str]]:
-    """Each document's shingles as Python strings: what a datasketch MinHash is fed to compare."""
-    frame = shingle_frame(texts, params).group_by("doc", maintain_order=True).agg("shingle")
-    return frame["shingle"].to_list()
+    """Each document's shingles as strings: what a datasketch MinHash is fed to compare.
+
+    A document with fewer tokens than `ngram` becomes one shingle, its whole normalised text, so
+    every document gets a signature.
+    """
+    sep = _separator(params)
+    tokens = pl.col("tokens")
+    grams = tokens.list.eval(
+        pl.concat_str([pl.element().shift(-j) for j in range(params.ngram)], separator=sep)
+    ).list.drop_nulls()
+    frame = _token_lists(texts, params).select(
+        pl.when(grams.list.len() > 0).then(grams).otherwise(pl.concat_list(tokens.list.join(sep))))
+    return frame.to_series().to_list()
 
 
 def _fmix(h: np.ndarray, constants: tuple[int, ...], dtype) -> np.ndarray:
@@ -97,51 +105,88 @@ def _fmix(h: np.ndarray, constants: tuple[int, ...], dtype) -> np.ndarray:
     return h ^ (h >> s3)
 
 
-def shingle_hash(shingle: str | bytes) -> int:
-    """The 32-bit hash of one shingle: the reference, and the `hashfunc` to give datasketch."""
-    data = shingle.encode() if isinstance(shingle, str) else shingle
+def _finish(h: int, length: int) -> int:
+    return int(_fmix(np.array([h ^ ((length * LENGTH_MIX) & MASK64)], U64), FMIX64, U64)[0])
+
+
+def _poly(values) -> int:
     h = 0
-    for byte in data:
-        h = (h * POLY + byte) & ((1 << 64) - 1)
-    h ^= (len(data) * LENGTH_MIX) & ((1 << 64) - 1)
-    return int(_fmix(np.array([h], U64), FMIX64, U64)[0]) & MASK32
+    for v in values:
+        h = (h * POLY + v) & MASK64
+    return h
 
 
-@lru_cache(maxsize=8)
-def _powers(n: int) -> np.ndarray:
-    """POLY^k mod 2^64 for k in [0, n): numpy's uint64 product wraps, which is the modulus."""
-    powers = np.full(max(n, 1), POLY, U64)
-    powers[0] = 1
-    return np.cumprod(powers, dtype=U64)
+def shingle_hasher(params: MinHashParams) -> Callable[[str], int]:
+    """The 32-bit hash of one shingle string, in plain Python: the `hashfunc` to give datasketch."""
+
+    def token_hash(token: str) -> int:
+        data = token.encode()
+        return _finish(_poly(data), len(data))
+
+    def shingle_hash(shingle: str) -> int:
+        tokens = (list(shingle) or [""]) if params.char_ngrams else shingle.split(" ")
+        return _finish(_poly(token_hash(t) for t in tokens), len(tokens)) & MASK32
+
+    return shingle_hash
 
 
-def hash_shingles(shingles: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """`shingle_hash` of every string in an Arrow string array, vectorised over its byte buffer.
+@lru_cache(maxsize=4)
+def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """POLY^k and POLY^-k mod 2^64 for k in [0, n): uint64 products wrap, which is the modulus."""
+    tables = []
+    for base in (POLY, pow(POLY, -1, 1 << 64)):
+        powers = np.full(n, base, U64)
+        powers[0] = 1
+        tables.append(np.cumprod(powers, dtype=U64))
+    return tables[0], tables[1]
 
-    Works through the buffer in cache-sized pieces: large temporaries cost more in page faults
-    than in arithmetic.
+
+def token_hashes(tokens: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """64-bit hash of every string of an Arrow string array, vectorised over its byte buffer.
+
+    sum_i byte_i * POLY^(end-1-i) = POLY^(end-1) * (S[end] - S[start]) with S the prefix sums of
+    byte_i * POLY^-i (POLY is odd, so invertible mod 2^64): two passes over the bytes, no gathers.
     """
-    arr = shingles.combine_chunks() if isinstance(shingles, pa.ChunkedArray) else shingles
+    arr = tokens.combine_chunks() if isinstance(tokens, pa.ChunkedArray) else tokens
     if arr.type != pa.large_string():
         arr = arr.cast(pa.large_string())
     n = len(arr)
     offsets = np.frombuffer(arr.buffers()[1], np.int64, n + 1, arr.offset * 8)
     data = np.frombuffer(arr.buffers()[2], np.uint8) if n else np.empty(0, np.uint8)
     lengths = np.diff(offsets)
-    powers = _powers(int(lengths.max()) if n else 1)
+    longest = int(lengths.max()) if n else 0
+    forward, inverse = _power_tables(1 << (HASH_CHUNK_BYTES + longest).bit_length())  # cached sizes
     sums = np.zeros(n, U64)
     bounds = np.searchsorted(offsets, np.arange(offsets[0], offsets[-1], HASH_CHUNK_BYTES), "right") - 1
     for lo, hi in zip(bounds, np.append(bounds[1:], n)):
         hi = max(hi, lo + 1)  # a string longer than a chunk goes alone
         first, last = offsets[lo], offsets[hi]
-        # byte i of a string ending at `end` is weighted POLY^(end - 1 - i)
-        ends = np.repeat(offsets[lo + 1:hi + 1], lengths[lo:hi])
-        weights = powers[ends - np.arange(first + 1, last + 1)]
-        terms = np.append(data[first:last] * weights, U64(0))
-        sums[lo:hi] = np.add.reduceat(terms, np.minimum(offsets[lo:hi] - first, last - first))
+        prefix = np.zeros(last - first + 1, U64)
+        np.cumsum(data[first:last] * inverse[: last - first], dtype=U64, out=prefix[1:])
+        start, end = offsets[lo:hi] - first, offsets[lo + 1:hi + 1] - first
+        sums[lo:hi] = forward[end - 1] * (prefix[end] - prefix[start])
     sums[lengths == 0] = 0
-    mixed = sums ^ (lengths.astype(U64) * U64(LENGTH_MIX))
-    return (_fmix(mixed, FMIX64, U64) & U64(MASK32)).astype(U32)
+    return _fmix(sums ^ (lengths.astype(U64) * U64(LENGTH_MIX)), FMIX64, U64)
+
+
+def shingle_hashes(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray,
+                   params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
+    """(uint32 hash, doc index) of every shingle, docs in input order: `shingle_hasher`, vectorised."""
+    exploded = _token_lists(texts, params).explode("tokens")
+    hashes = token_hashes(exploded["tokens"].to_arrow())
+    doc = exploded["doc"].to_numpy()
+    counts = np.bincount(doc, minlength=len(texts)) if len(doc) else np.zeros(len(texts), np.int64)
+    first = np.cumsum(counts) - counts
+    position = np.arange(len(doc)) - first[doc]
+    width = np.minimum(counts, params.ngram)[doc]  # tokens per shingle: fewer in a short document
+    index = np.flatnonzero(position + width <= counts[doc])
+    width = width[index].astype(U64)
+    padded = np.append(hashes, np.zeros(params.ngram, U64))
+    h = np.zeros(len(index), U64)
+    for t in range(params.ngram):
+        h = np.where(U64(t) < width, h * U64(POLY) + padded[index + t], h)
+    mixed = _fmix(h ^ (width * U64(LENGTH_MIX)), FMIX64, U64)
+    return (mixed & U64(MASK32)).astype(U32), doc[index]
 
 
 @lru_cache(maxsize=16)
@@ -151,22 +196,31 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a.astype(U32), b.astype(U32)
 
 
-def _min_numpy(mixed: np.ndarray, starts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per document (rows `starts[i]:starts[i+1]`), the min over shingles of a*h + b mod 2^32."""
-    out = np.empty((len(starts), len(a)), U32)
-    bounds = np.append(starts, len(mixed))
-    step = max(1, BLOCK_ELEMENTS // len(a))
+def _blocks(starts: np.ndarray, total: int):
+    """Runs of whole documents (first, last) holding about BLOCK_SHINGLES shingles (at least one doc)."""
+    bounds = np.append(starts, total)
     doc = 0
     while doc < len(starts):
-        # as many whole documents as fit one block (at least one)
-        last = max(doc + 1, int(np.searchsorted(bounds, bounds[doc] + step, "right")) - 1)
-        last = min(last, len(starts))
-        lo, hi = bounds[doc], bounds[last]
-        block = mixed[lo:hi, None] * a
-        block += b
-        out[doc:last] = np.minimum.reduceat(block, bounds[doc:last] - lo, axis=0)
+        last = int(np.searchsorted(bounds, bounds[doc] + BLOCK_SHINGLES, "right")) - 1
+        last = min(max(last, doc + 1), len(starts))
+        yield doc, last, bounds[doc], bounds[last]
         doc = last
-    return out
+
+
+def _min_numpy(mixed: np.ndarray, starts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per document (rows `starts[i]:starts[i+1]`), the min over shingles of a*h + b mod 2^32.
+
+    One permutation at a time over a cache-sized block of shingles: a 1-D buffer reused 128
+    times is several times faster than materialising the (shingles x num_perm) matrix.
+    """
+    out = np.empty((len(a), len(starts)), U32)
+    for first, last, lo, hi in _blocks(starts, len(mixed)):
+        h, buf, seg = mixed[lo:hi], np.empty(hi - lo, U32), starts[first:last] - lo
+        for k in range(len(a)):
+            np.multiply(h, a[k], out=buf)
+            buf += b[k]
+            out[k, first:last] = np.minimum.reduceat(buf, seg)
+    return np.ascontiguousarray(out.T)
 
 
 def _mul32(x, c):
@@ -179,36 +233,26 @@ def _min_torch(mixed: np.ndarray, starts: np.ndarray, a: np.ndarray, b: np.ndarr
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    h = torch.from_numpy(mixed.astype(np.int64)).to(device)
     ta = torch.from_numpy(a.astype(np.int64)).to(device)
     tb = torch.from_numpy(b.astype(np.int64)).to(device)
-    lengths = np.diff(np.append(starts, len(mixed)))
-    owner = torch.from_numpy(np.repeat(np.arange(len(starts)), lengths)).to(device)
-    out = torch.full((len(starts), len(a)), MASK32, dtype=torch.int64, device=device)
-    step = max(1, BLOCK_ELEMENTS * (64 if device == "cuda" else 1) // len(a))
-    for lo in range(0, len(mixed), step):
-        hv = h[lo:lo + step, None]
-        block = (_mul32(hv, ta) + tb) & MASK32
-        idx = owner[lo:lo + step, None].expand_as(block)
-        out.scatter_reduce_(0, idx, block, reduce="amin")
+    out = torch.empty((len(starts), len(a)), dtype=torch.int64, device=device)
+    for first, last, lo, hi in _blocks(starts, len(mixed)):
+        h = torch.from_numpy(mixed[lo:hi].astype(np.int64)).to(device)[:, None]
+        lengths = torch.from_numpy(np.diff(np.append(starts[first:last], hi))).to(device)
+        owner = torch.repeat_interleave(torch.arange(last - first, device=device), lengths)
+        block = (_mul32(h, ta) + tb) & MASK32
+        out[first:last] = torch.full((last - first, len(a)), MASK32, dtype=torch.int64, device=device) \
+            .scatter_reduce_(0, owner[:, None].expand_as(block), block, reduce="amin")
     return out.cpu().numpy().astype(U32)
-
-
-def signatures_from_hashes(hashes: np.ndarray, doc: np.ndarray, n_docs: int, num_perm: int, seed: int,
-                           backend: Backend = "numpy") -> np.ndarray:
-    """(n_docs, num_perm) uint32 signatures from shingle hashes and their (sorted) document index."""
-    a, b = permutations(num_perm, seed)
-    if n_docs == 0:
-        return np.empty((0, num_perm), U32)
-    starts = np.searchsorted(doc, np.arange(n_docs))
-    mixed = _fmix(hashes.astype(U32), FMIX32, U32)
-    return (_min_torch if backend == "torch" else _min_numpy)(mixed, starts, a, b)
 
 
 def signatures(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, params: MinHashParams,
                backend: Backend = "numpy") -> np.ndarray:
     """Text to (n, num_perm) uint32 MinHash signatures, shingling included."""
-    frame = shingle_frame(texts, params)
-    hashes = hash_shingles(frame["shingle"].to_arrow())
-    return signatures_from_hashes(hashes, frame["doc"].to_numpy(), len(texts), params.num_perm,
-                                  params.seed, backend)
+    hashes, doc = shingle_hashes(texts, params)
+    a, b = permutations(params.num_perm, params.seed)
+    if len(texts) == 0:
+        return np.empty((0, params.num_perm), U32)
+    starts = np.searchsorted(doc, np.arange(len(texts)))
+    mixed = _fmix(hashes, FMIX32, U32)
+    return (_min_torch if backend == "torch" else _min_numpy)(mixed, starts, a, b)

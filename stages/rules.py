@@ -16,7 +16,19 @@ from quality.rules import SIGNAL_PREFIX, active_rules, evaluate
 STAGE = "rules"
 
 
+def applies(batch: pa.Table, cfg: RulesConfig) -> pa.ChunkedArray | pa.Array:
+    """Rows the rules judge: Gopher and C4 are calibrated on English, so other languages pass unjudged."""
+    if cfg.languages is None or "lang" not in batch.column_names:
+        return pa.array([True] * batch.num_rows)
+    return pc.fill_null(pc.is_in(batch["lang"], pa.array(cfg.languages, pa.string())), False)
+
+
 def process(batch: pa.Table, cfg: RulesConfig, stage: str = STAGE) -> StageResult:
+    judged = applies(batch, cfg)
+    if not cfg.signals_only and not pc.all(judged).as_py():
+        inner = process(batch.filter(judged), cfg, stage)
+        return StageResult(kept=pa.concat_tables([inner.kept, batch.filter(pc.invert(judged))]),
+                           rejected=inner.rejected)
     result = evaluate(batch["text"], cfg)
     if cfg.signals_only:
         for name in result.signals.columns:

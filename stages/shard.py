@@ -199,7 +199,8 @@ def inspect_shards(shard_dir: str | Path, samples: int = 3, width: int = 40) -> 
         "",
         f"{'shard':<20}{'version':>8}{'docs':>10}{'tokens':>14}{'bytes':>14}",
     ]
-    lines += [f"{e['file']:<20}{e['version']:>8}{e['docs']:>10,}{e['tokens']:>14,}{e['bytes']:>14,}" for e in m["shards"]]
+    lines += [f"{e['file']:<20}{e['version']:>8}{e['docs']:>10,}{e['tokens']:>14,}{e['bytes']:>14,}"
+              for e in m["shards"]]
     lengths, first = [], None
     for entry in m["shards"]:
         for batch in open_shard(shard_dir, entry):

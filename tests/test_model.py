@@ -18,10 +18,12 @@ def text_bytes(shared_data) -> np.ndarray:
     return np.frombuffer((shared_data / "tinyshakespeare" / "input.txt").read_bytes(), dtype=np.uint8)
 
 
-def batches(data: np.ndarray, n: int, batch_size: int = 8, seed: int = 0) -> list[torch.Tensor]:
+def batches(data: np.ndarray, n: int, batch_size: int = 8, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`n` (inputs, targets) pairs of random windows, the shape the shard loader yields."""
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(data) - SEQ - 1, size=(n, batch_size))
-    return [torch.from_numpy(np.stack([data[s:s + SEQ + 1] for s in row]).astype(np.int64)) for row in starts]
+    windows = [torch.from_numpy(np.stack([data[s:s + SEQ + 1] for s in row]).astype(np.int64)) for row in starts]
+    return [(w[:, :-1], w[:, 1:]) for w in windows]
 
 
 def train_cfg(**kw) -> TrainConfig:
@@ -35,26 +37,37 @@ def set_impl(model: torch.nn.Module, impl: str) -> None:
             m.impl = impl
 
 
-@pytest.mark.parametrize("score_func", ["softmax", "sigmoid"])
-def test_grouped_and_loop_experts_agree(text_bytes, score_func):
-    """Same weights, same batch: grouped GEMM and the per-expert loop give equal loss, logits, grads."""
-    assert grouped_mm_supported(torch.device("cpu"), torch.float32, 128, 128)
+# Stated tolerances: fp32 1e-5 relative / 1e-6 absolute; bf16 (one rounding step) 2e-2 / 1e-2.
+# In practice both come out bit-equal on CPU.
+TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=2e-2, atol=1e-2)}
+
+
+@pytest.mark.parametrize("score_func,dtype", [("softmax", torch.float32), ("sigmoid", torch.float32),
+                                              ("sigmoid", torch.bfloat16)])
+def test_grouped_and_loop_experts_agree(text_bytes, score_func, dtype):
+    """Same weights, same batch: grouped GEMM and the per-expert loop give equal logits and grads.
+
+    The bf16 case runs under CPU autocast, the code path a CUDA run takes (router still in fp32).
+    """
+    assert grouped_mm_supported(torch.device("cpu"), dtype, 128, 128)
     torch.manual_seed(0)
     model = MoETransformer(preset("tiny", vocab_size=256, max_seq_len=SEQ, score_func=score_func))
-    batch = batches(text_bytes, 1)[0]
+    inputs, targets = batches(text_bytes, 1)[0]
     results = {}
     for impl in ("loop", "grouped"):
         set_impl(model, impl)
         model.zero_grad()
-        out = model(batch[:, :-1], batch[:, 1:])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = model(inputs, targets)
+            routing = model.layers[1].ffn.router(model.embed(inputs))
+        assert out.logits.dtype == dtype and routing.weights.dtype == torch.float32
         out.loss.backward()
         results[impl] = (out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
     (logits_loop, grads_loop), (logits_grouped, grads_grouped) = results["loop"], results["grouped"]
-    # fp32 on CPU: stated tolerance 1e-5 relative / 1e-6 absolute (in practice bit-equal here).
-    torch.testing.assert_close(logits_grouped, logits_loop, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits_grouped, logits_loop, **TOLERANCE[dtype])
     assert grads_loop.keys() == grads_grouped.keys()
     for name in grads_loop:
-        torch.testing.assert_close(grads_grouped[name], grads_loop[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads_grouped[name], grads_loop[name], **TOLERANCE[dtype], msg=name)
     assert grads_loop["layers.1.ffn.experts.w_gate"].abs().sum() > 0
 
 

@@ -118,8 +118,8 @@ def test_vocabulary_above_65536_gives_uint32(tmp_path, ray_cluster):
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     path = tmp_path / "big.json"
     tok.save(str(path))
-    docs = [{"id": f"d{i}", "text": f"w{69_999 - i} w{i} w{65_536 + i}", "source": "synthetic", "url": None, "meta": None}
-            for i in range(50)]
+    docs = [{"id": f"d{i}", "text": f"w{69_999 - i} w{i} w{65_536 + i}", "source": "synthetic", "url": None,
+             "meta": None} for i in range(50)]
     out = tokenize_run(make_run(tmp_path / "run", docs), config(), tokenizer=str(path))
     assert read_manifest(out)["dtype"] == "uint32"
     got = dict(read_docs(out))

@@ -31,6 +31,16 @@ class TokenStream:
         self.starts = np.concatenate([[0], np.cumsum([len(p) for p in self.pieces], dtype=np.int64)])
         self.total = int(self.starts[-1])
 
+    def gather(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Windows [start, start + length) as one int64 array, copied slice by slice from the mapping."""
+        out = np.empty((len(starts), length), np.int64)
+        piece_of = np.searchsorted(self.starts, starts, side="right") - 1
+        offsets = starts - self.starts[piece_of]
+        for row, (p, offset) in enumerate(zip(piece_of.tolist(), offsets.tolist())):
+            window = self.pieces[p][offset:offset + length]
+            out[row] = window if len(window) == length else self.read(int(starts[row]), length)
+        return out
+
     def read(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start + length): a view inside one shard, a copy across a boundary."""
         i = int(np.searchsorted(self.starts, start, side="right")) - 1
@@ -49,8 +59,9 @@ class TokenStream:
 class ShardLoader:
     """(x, y) batches of shape [batch_size, seq_len] for one data-parallel rank, over a token range."""
 
-    def __init__(self, stream: TokenStream, seq_len: int, batch_size: int, *, token_range: tuple[int, int] | None = None,
-                 rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True, as_torch: bool = True):
+    def __init__(self, stream: TokenStream, seq_len: int, batch_size: int, *,
+                 token_range: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True, as_torch: bool = True):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.stream, self.seq_len, self.batch_size = stream, seq_len, batch_size
@@ -77,9 +88,8 @@ class ShardLoader:
         return order[first:first + self.batch_size]
 
     def make_batch(self, indices: np.ndarray):
-        windows = np.empty((len(indices), self.seq_len + 1), np.int64)
-        for row, index in enumerate(indices):
-            windows[row] = self.sample(int(index))
+        starts = self.lo + indices.astype(np.int64) * self.seq_len
+        windows = self.stream.gather(starts, self.seq_len + 1)
         x, y = np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
         return (torch.from_numpy(x), torch.from_numpy(y)) if self.as_torch else (x, y)
 

@@ -24,6 +24,7 @@ import signal
 import tempfile
 import time
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -33,6 +34,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import SluiceConfig, TrainConfig
 from pipeline.rundir import atomic_write_bytes, atomic_write_json
+from stages.train import data
+from stages.train.data import ShardLoader
 from stages.train.model import (ModelConfig, MoETransformer, count_params, flops_per_token, load_stats,
                                 peak_flops, preset, update_expert_bias)
 
@@ -98,11 +101,10 @@ class Trainer:
         self.flops_per_token = flops_per_token(self.model_cfg, cfg.seq_len)
         self.peak = peak_flops(device)
 
-    def train_step(self, batch: Tensor) -> dict:
-        """One optimizer step on a [B, seq_len + 1] token batch; returns this step's metrics."""
+    def train_step(self, batch: tuple[Tensor, Tensor]) -> dict:
+        """One optimizer step on an (inputs, targets) pair of [B, seq_len] tokens; returns its metrics."""
         t0 = time.perf_counter()
-        batch = batch.to(self.device, non_blocking=True).long()
-        inputs, targets = batch[:, :-1], batch[:, 1:]
+        inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
         self.model.train()
         with torch.autocast(**self.autocast):
             out = self.forward(inputs, targets)
@@ -127,10 +129,9 @@ class Trainer:
         """Mean cross-entropy over the given batches, averaged across ranks."""
         self.model.eval()
         total, n = torch.zeros((), device=self.device), 0
-        for batch in batches:
-            batch = batch.to(self.device).long()
+        for inputs, targets in batches:
             with torch.autocast(**self.autocast):
-                total += self.model(batch[:, :-1], batch[:, 1:]).lm_loss.float()
+                total += self.model(inputs.to(self.device), targets.to(self.device)).lm_loss.float()
             n += 1
         self.model.train()
         return mean_across_ranks(total / max(n, 1))
@@ -234,7 +235,7 @@ def worker_loop(args: dict) -> None:
         row["time"] = time.time()
         last = trainer.step == cfg.steps
         if val_data is not None and (trainer.step % cfg.eval_every == 0 or last):
-            row["val_loss"] = trainer.evaluate(val_data.first(cfg.eval_batches))
+            row["val_loss"] = trainer.evaluate(islice(val_data.epoch_batches(), cfg.eval_batches))
         if log is not None:
             log.append(row)
         summary = report_summary(row)
@@ -315,6 +316,10 @@ def train(config: SluiceConfig, shard_dir: Path, run_dir: Path) -> dict:
     return json.loads((out_dir / "final.json").read_text())
 
 
-def open_loaders(shard_dir: Path, cfg: TrainConfig, rank: int, world: int):
-    """The training loader (this rank's part), the held-out loader (or None), and the vocab size."""
-    raise NotImplementedError("waiting for stages/train/data.py")
+def open_loaders(shard_dir: Path, cfg: TrainConfig, rank: int, world: int) -> tuple[ShardLoader, ShardLoader | None, int]:
+    """This rank's training loader, its held-out loader (None when the held-out tail fills no
+    batch), and the vocabulary size recorded in the manifest."""
+    train_data, val_data = data.open_loaders(shard_dir, cfg.seq_len, cfg.batch_size, rank=rank, world_size=world,
+                                             seed=cfg.seed, val_fraction=cfg.val_fraction)
+    vocab_size = train_data.stream.manifest["tokenizer"]["vocab_size"]
+    return train_data, (val_data if len(val_data) else None), vocab_size

@@ -154,6 +154,12 @@ class Routing(NamedTuple):
     aux_loss: Tensor  # scalar, the weighted sequence-wise balance loss (0 when off or in eval)
 
 
+def expert_counts(experts: Tensor, n_experts: int) -> Tensor:
+    """Rows routed to each expert. A scatter, not `bincount`, which syncs with the host on CUDA."""
+    flat = experts.flatten()
+    return torch.zeros(n_experts, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 class Router(nn.Module):
     """The DeepSeek-V3 gate: fp32 scores, a selection-only balancing bias, optional seq-wise loss."""
 
@@ -169,7 +175,8 @@ class Router(nn.Module):
     def forward(self, x: Tensor) -> Routing:
         cfg = self.cfg
         b, t, _ = x.shape
-        logits = F.linear(x.float(), self.weight.float())  # [B, T, E], fp32 even under autocast
+        with torch.autocast(x.device.type, enabled=False):  # autocast would run this linear in bf16
+            logits = F.linear(x.float(), self.weight.float())  # [B, T, E]
         scores = logits.softmax(-1) if cfg.score_func == "softmax" else logits.sigmoid()
         experts = (scores + self.expert_bias).topk(cfg.top_k, dim=-1).indices
         weights = scores.gather(-1, experts)
@@ -181,7 +188,7 @@ class Router(nn.Module):
         aux = scores.new_zeros(())
         if self.training:
             with torch.no_grad():
-                self.load += torch.bincount(experts.flatten(), minlength=cfg.n_routed).float()
+                self.load += expert_counts(experts, cfg.n_routed)
             if cfg.seq_aux_loss_weight > 0:
                 aux = cfg.seq_aux_loss_weight * self.sequence_balance_loss(scores, experts.view(b, t, -1))
         return Routing(weights.view(b * t, cfg.top_k), experts, aux)
@@ -208,8 +215,11 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def grouped_mm_supported(device: torch.device, dtype: torch.dtype, *dims: int) -> bool:
-    """Whether `grouped_mm` runs here: bf16 on CUDA sm80+, fp32/bf16 on CPU; rows 16-byte aligned."""
-    if _grouped_mm is None:
+    """Whether `grouped_mm` runs here: bf16 on CUDA sm80+, fp32/bf16 on CPU; rows 16-byte aligned.
+
+    Under torch.compile only bf16 is accepted (its shape function rejects fp32, even on CPU).
+    """
+    if _grouped_mm is None or (torch.compiler.is_compiling() and dtype != torch.bfloat16):
         return False
     itemsize = torch.empty((), dtype=dtype).element_size()
     if any((d * itemsize) % 16 for d in dims):
@@ -271,7 +281,7 @@ class MoE(nn.Module):
         chosen = route.experts.flatten()
         order = chosen.argsort(stable=True)
         token = order // route.experts.shape[1]
-        counts = torch.bincount(chosen, minlength=self.n_routed)
+        counts = expert_counts(chosen, self.n_routed)
         y = self.experts(flat[token], counts)
         y = y.float() * route.weights.flatten()[order].unsqueeze(-1)
         out = torch.zeros(b * t, d, device=x.device, dtype=torch.float32).index_add_(0, token, y)

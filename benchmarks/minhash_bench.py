@@ -15,6 +15,7 @@ import os
 os.environ.setdefault("POLARS_MAX_THREADS", "1")
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
@@ -96,12 +97,8 @@ def main() -> None:
         "sluice numpy": sluice("numpy"),
         f"sluice torch ({'cuda' if torch.cuda.is_available() else 'cpu'})": sluice("torch"),
     }
-    try:
-        import rensa  # noqa: F401
-
+    if importlib.util.find_spec("rensa"):
         methods["rensa RMinHash"] = rensa_rminhash
-    except ImportError:
-        pass
     sluice("numpy")(texts[:50], params)  # warm caches and imports
     words = sum(len(t.split()) for t in texts)
     print(f"{len(texts)} documents, {words / len(texts):.0f} words each on average, num_perm={params.num_perm}, one core")

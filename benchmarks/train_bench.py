@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import TrainConfig  # noqa: E402
 from stages.shard import ShardWriter, build_manifest, token_dtype, write_manifest  # noqa: E402
 from stages.train.loop import Trainer, model_config, open_loaders  # noqa: E402
-from stages.train.model import count_params, grouped_mm_supported  # noqa: E402
+from stages.train.model import count_params, flops_per_token, grouped_mm_supported  # noqa: E402
 
 VOCAB = 32_000
 
@@ -112,13 +112,15 @@ def main() -> None:
     print(f"\n{name}, {dtype}; preset {args.preset} ({params['total'] / 1e6:.1f}M total, "
           f"{params['active'] / 1e6:.1f}M active), seq {args.seq_len}, batch {args.batch_size}, "
           f"{args.steps - args.warmup} timed steps{', compiled' if args.compile else ''}\n")
-    print(f"{'experts':<16}{'tokens/s':>12}{'MFU':>8}{'peak GiB':>10}{'data wait':>11}{'vs loop':>9}")
+    memory = "peak GiB" if device.type == "cuda" else "peak RSS"
+    print(f"{'experts':<16}{'tokens/s':>12}{'TFLOP/s':>9}{'MFU':>8}{memory:>10}{'data wait':>11}{'vs loop':>9}")
     loop = next((r["tokens_per_s"] for i, r in results if i == "loop"), None)
     for impl, r in results:
         impl = f"{auto} (auto)" if impl == "auto" else impl
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         ratio = f"{r['tokens_per_s'] / loop:.2f}x" if loop else ""
-        print(f"{impl:<16}{r['tokens_per_s']:>12,.0f}{mfu:>8}{r['peak_gib']:>10.2f}{100 * r['data_wait']:>10.2f}%"
+        tflops = r["tokens_per_s"] * flops_per_token(mcfg, args.seq_len) / 1e12
+        print(f"{impl:<16}{r['tokens_per_s']:>12,.0f}{tflops:>9.3f}{mfu:>8}{r['peak_gib']:>10.2f}{100 * r['data_wait']:>10.2f}%"
               f"{ratio:>9}")
 
 

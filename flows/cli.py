@@ -156,7 +156,7 @@ def tokenize(
         shard_dir = tokenize_flow(cfg, str(run_dir), str(tokenizer) if tokenizer else None)
     except FileNotFoundError as err:
         _fail(str(err))
-    console.print(_inspect_text(Path(shard_dir)))
+    console.print(_inspect_text(Path(shard_dir)), markup=False, highlight=False)
 
 
 def _inspect_text(shard_dir: Path) -> str:

@@ -17,7 +17,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import xxhash
 
@@ -92,9 +91,11 @@ def _with_partition(rows: pa.Table, partitions: int) -> pa.Table:
 
 
 def doc_band_rows(batch: pa.Table, settings: Settings, partitions: int) -> pa.Table:
-    """The band rows of a batch of documents, each carrying its doc's signature for verification."""
+    """The band rows of a batch of documents, each carrying its doc's signature when verifying."""
     sigs = signatures(batch["text"], settings.minhash, settings.backend)
     rows = band_rows(doc_keys(batch), sigs, settings.bands, settings.rows)
+    if not settings.verify:
+        return _with_partition(rows, partitions)
     packed = np.repeat(sigs, settings.bands, axis=0)
     sig = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * sigs.shape[1]), len(packed),
                                                [None, pa.py_buffer(packed.tobytes())])
@@ -105,24 +106,26 @@ def old_band_rows(index: pa.Table, settings: Settings, partitions: int) -> pa.Ta
     """An earlier run's band index as band rows of known-good documents without signatures."""
     keys = pl.from_arrow(index.select(["id"])).select(pl.concat_str([pl.lit(OLD + "\x00"), "id"])).to_series()
     rows = pa.table({"band": index["band"].cast(pa.int32()), "band_hash": index["band_hash"].cast(pa.uint64()),
-                     "key": keys.to_arrow().cast(pa.string()),
-                     SIG: pa.nulls(index.num_rows, pa.binary(4 * settings.minhash.num_perm))})
+                     "key": keys.to_arrow().cast(pa.string())})
+    if settings.verify:
+        rows = rows.append_column(SIG, pa.nulls(index.num_rows, pa.binary(4 * settings.minhash.num_perm)))
     return _with_partition(rows, partitions)
 
 
 def bucket_edges(rows: pa.Table, settings: Settings) -> pa.Table:
-    """Star edges of the buckets that hold at least one new document, verified when configured."""
+    """A star forest spanning the (verified, when configured) candidate pairs of the buckets that
+    hold at least one new document: as few edges as nodes, whatever the bucket sizes."""
     df = pl.from_arrow(rows.select(["band", "band_hash", "key"]))
     wanted = df.select(pl.col("key").str.starts_with(NEW).any().over(["band", "band_hash"])).to_series()
     rows = rows.filter(wanted.to_arrow())
     if not settings.verify:
-        return star_edges(rows)
+        return local_components(star_edges(rows))
     width = settings.minhash.num_perm
     sig = rows[SIG].combine_chunks() if rows.num_rows else pa.array([], pa.binary(4 * width))
     known = np.asarray(sig.is_valid(), bool)
     filled = pc.fill_null(sig, pa.scalar(bytes(4 * width), sig.type)).buffers()[1]
     sigs = np.frombuffer(filled, np.uint32, rows.num_rows * width, sig.offset * 4 * width).reshape(-1, width)
-    return star_edges(rows, sigs, known, settings.threshold)
+    return local_components(star_edges(rows, sigs, known, settings.threshold))
 
 
 def decisions(components: pa.Table) -> pa.Table:

@@ -15,6 +15,8 @@ from stages.minhash import FMIX64, POLY, U64, _fmix
 
 BAND_ROW_SCHEMA = pa.schema([("band", pa.int32()), ("band_hash", pa.uint64()), ("key", pa.string())])
 EDGE_SCHEMA = pa.schema([("node", pa.string()), ("root", pa.string())])
+# Buckets up to this size have every member pair verified; larger ones only their star edges.
+VERIFY_ALL_PAIRS_UP_TO = 32
 
 
 def lsh_params(threshold: float, num_perm: int, bands: int | None = None, rows: int | None = None) -> tuple[int, int]:
@@ -57,25 +59,29 @@ def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def star_edges(rows: pa.Table, signatures: np.ndarray | None = None, known: np.ndarray | None = None,
                threshold: float | None = None) -> pa.Table:
-    """Edges (member, smallest member) of every bucket with more than one member, deduplicated.
+    """Candidate edges of the buckets with more than one member, deduplicated.
 
-    With `signatures` (one per row of `rows`) and `threshold`, edges whose two signatures estimate a
-    Jaccard below the threshold are dropped. Rows where `known` is False have no signature (a doc
-    known only from an earlier run's band index); their edges are kept unverified.
+    Unverified: each member's edge to its bucket's smallest member. With `signatures` (one per
+    row of `rows`) and `threshold`: in buckets of up to VERIFY_ALL_PAIRS_UP_TO members, every pair
+    whose signatures estimate a Jaccard of at least the threshold (a star to the smallest member
+    alone would lose members similar to each other but not to it); in larger buckets, the verified
+    star edges. Rows where `known` is False have no signature (a document known only from an
+    earlier run's band index); their edges are kept unverified. The caller reduces the verified
+    pairs to a star forest (`stages.components.local_components`), keeping the edge count linear.
     """
     df = pl.from_arrow(rows.select(["band", "band_hash", "key"])).with_row_index("row")
-    roots = (
-        df.sort("key")
-        .group_by(["band", "band_hash"])
-        .agg(root=pl.col("key").first(), root_row=pl.col("row").first(), size=pl.len())
-        .filter(pl.col("size") > 1)
-    )
-    edges = df.join(roots, on=["band", "band_hash"]).filter(pl.col("key") != pl.col("root"))
-    if signatures is not None and threshold is not None and edges.height:
-        a = signatures[edges["row"].to_numpy()]
-        b = signatures[edges["root_row"].to_numpy()]
-        unknown = np.zeros(len(a), bool) if known is None else ~(
-            known[edges["row"].to_numpy()] & known[edges["root_row"].to_numpy()])
-        edges = edges.filter(pl.Series(unknown | (estimated_jaccard(a, b) >= threshold)))
+    df = df.with_columns(size=pl.len().over(["band", "band_hash"])).filter(pl.col("size") > 1)
+    verify = signatures is not None and threshold is not None
+    star = df.filter(pl.col("size") > VERIFY_ALL_PAIRS_UP_TO) if verify else df
+    roots = star.sort("key").group_by(["band", "band_hash"]).agg(
+        root=pl.col("key").first(), root_row=pl.col("row").first())
+    edges = star.join(roots, on=["band", "band_hash"]).filter(pl.col("key") != pl.col("root"))
+    if verify:
+        small = df.filter(pl.col("size") <= VERIFY_ALL_PAIRS_UP_TO).select("band", "band_hash", "key", "row")
+        pairs = small.join(small.rename({"key": "root", "row": "root_row"}), on=["band", "band_hash"])
+        edges = pl.concat([edges.select(pairs.columns), pairs.filter(pl.col("key") > pl.col("root"))])
+        a, b = edges["row"].to_numpy(), edges["root_row"].to_numpy()
+        unknown = np.zeros(len(a), bool) if known is None else ~(known[a] & known[b])
+        edges = edges.filter(pl.Series(unknown | (estimated_jaccard(signatures[a], signatures[b]) >= threshold)))
     out = edges.select(node="key", root="root").unique().sort(["node", "root"])
     return out.to_arrow().cast(EDGE_SCHEMA)

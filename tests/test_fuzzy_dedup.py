@@ -62,7 +62,7 @@ def corpus(shared_data) -> pa.Table:
 @pytest.mark.parametrize("params", [MinHashParams(), MinHashParams(num_perm=64, seed=7, ngram=3),
                                     MinHashParams(ngram=4, char_ngrams=True, lowercase=False)])
 def test_signatures_equal_datasketch_fed_the_same_shingles(shared_data, params):
-    texts = web_texts(shared_data, 40) + SHORT
+    texts = web_texts(shared_data, 8 if params.char_ngrams else 40) + SHORT
     lists = shingle_lists(texts, params)
     shingle_hash = shingle_hasher(params)
     hashes, doc = shingle_hashes(texts, params)
@@ -232,3 +232,11 @@ def test_cli_overrides_are_validated():
     with pytest.raises(ValueError):
         fuzzy_dedup.configure(parse_config({}), threshold=1.5)
 
+
+
+def test_verification_only_ever_splits_clusters(corpus):
+    """Without verification every bucket pair counts, so each verified rejection stays rejected."""
+    verified, _ = fuzzy_dedup.dedup_table(corpus, FuzzyDedupConfig(threshold=0.5))
+    unverified, _ = fuzzy_dedup.dedup_table(corpus, FuzzyDedupConfig(threshold=0.5, verify=False))
+    assert set(verified.rejected["id"].to_pylist()) <= set(unverified.rejected["id"].to_pylist())
+    assert verified.rejected.num_rows >= 20

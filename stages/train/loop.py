@@ -200,7 +200,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 def worker_loop(args: dict) -> None:
     """One Ray Train worker: build, resume if a checkpoint exists, train, checkpoint, report."""
-    import ray.train
+    import ray.train  # here, not at the top: the Ray-free Trainer should not pay for importing Ray
     import ray.train.torch
 
     cfg = TrainConfig.model_validate(args["train"])
@@ -253,7 +253,7 @@ def worker_loop(args: dict) -> None:
 
 def report_summary(row: dict) -> dict:
     """What goes to ray.train.report: scalars only (per-layer loads are summarised)."""
-    out = {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}
+    out = {k: v for k, v in row.items() if isinstance(v, (int, float))}
     out["load_cv_mean"] = sum(row["load_cv"]) / max(1, len(row["load_cv"]))
     out["load_max_over_mean_max"] = max(row["load_max_over_mean"], default=1.0)
     return out
@@ -266,6 +266,7 @@ def write_final(out_dir: Path, trainer: Trainer) -> None:
     rows = read_metrics(out_dir / "metrics.jsonl")
     steady = rows[min(len(rows) - 1, 2):]  # the first steps pay for warm-up, not training
     vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    mfus = [r["mfu"] for r in steady if r["mfu"] is not None]
     params = count_params(trainer.model_cfg)
     atomic_write_json(out_dir / "final.json", {
         "steps": trainer.step,
@@ -274,7 +275,7 @@ def write_final(out_dir: Path, trainer: Trainer) -> None:
         "loss": rows[-1]["loss"],
         "val_loss": vals[-1] if vals else None,
         "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady),
-        "mfu": rows[-1]["mfu"],
+        "mfu": sum(mfus) / len(mfus) if mfus else None,
         "data_wait_share": sum(r["data_wait_s"] for r in steady) / sum(r["data_wait_s"] + r["step_s"] for r in steady),
         "load_cv": rows[-1]["load_cv"],
         "params_total": params["total"],

@@ -4,7 +4,7 @@ The corpus: base documents of 150-500 words drawn from the word frequencies of r
 (WikiText-2 and Shakespeare), plus near copies of random bases (0.2-2% of words substituted,
 deleted or inserted), so every document's true cluster is known. Each method runs in its own
 process, on the same Parquet file: docs/s (reading excluded), peak resident memory of that
-process, and pairwise precision / recall / F1 of its clusters against the truth. Peers run only
+process (the Ray driver's, for sluice-ray), and pairwise precision / recall / F1 of its clusters against the truth. Peers run only
 when installed (`pip install -e .[bench]`): datasketch (`MinHash.bulk` + `MinHashLSH`) and rensa
 (`RMinHash` + `RMinHashLSH`); both verify candidates by estimated Jaccard, as Sluice does. Ray is
 started and warmed before its timing starts, as a long-lived cluster would be.
@@ -181,6 +181,14 @@ def run_rensa(table: pa.Table, threshold: float) -> list[str]:
     return union_find_labels(ids, pairs)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss it excludes the parent's before exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_one(method: str, corpus: Path, threshold: float) -> dict:
     """Runs in a child process, so peak memory is this method's alone."""
     table = pq.read_table(corpus)
@@ -192,7 +200,7 @@ def run_one(method: str, corpus: Path, threshold: float) -> dict:
         start = time.perf_counter()
         labels = fn(table, threshold)
         elapsed = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     return {"method": method, "docs_per_s": table.num_rows / elapsed, "peak_mb": peak_mb,
             **pairwise_scores(table["truth"].to_pylist(), labels)}
 

@@ -40,6 +40,7 @@ FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)
 # enough for the working set to stay in cache, as large temporaries cost more than arithmetic.
 BLOCK_SHINGLES = 1 << 16
 HASH_CHUNK_BYTES = 1 << 17
+SIGNATURE_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,14 @@ def _min_torch(mixed: np.ndarray, starts: np.ndarray, a: np.ndarray, b: np.ndarr
 
 def signatures(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, params: MinHashParams,
                backend: Backend = "numpy") -> np.ndarray:
-    """Text to (n, num_perm) uint32 MinHash signatures, shingling included."""
+    """Text to (n, num_perm) uint32 MinHash signatures, shingling included.
+
+    Works through SIGNATURE_BATCH documents at a time: per-shingle arrays cost tens of bytes per
+    token, too much to hold for a whole corpus at once.
+    """
+    if len(texts) > SIGNATURE_BATCH:
+        return np.concatenate([signatures(texts[lo:lo + SIGNATURE_BATCH], params, backend)
+                               for lo in range(0, len(texts), SIGNATURE_BATCH)])
     hashes, doc = shingle_hashes(texts, params)
     a, b = permutations(params.num_perm, params.seed)
     if len(texts) == 0:

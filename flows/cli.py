@@ -92,8 +92,9 @@ def _run_pipeline(cfg: SluiceConfig) -> dict:
     console.print(f"run directory: [bold]{Path(cfg.out).resolve()}[/]  report: {Path(cfg.out).resolve() / 'report.html'}")
     if "train" in result:
         t = result["train"]
-        console.print(f"trained {t['steps']} steps: loss {t['loss_first']:.3f} -> {t['loss']:.3f}, "
-                      f"val loss {t['val_loss']:.3f}; metrics in {Path(cfg.out).resolve() / 'train' / 'metrics.jsonl'}")
+        val = f", val loss {t['val_loss']:.3f}" if t.get("val_loss") is not None else ""
+        console.print(f"trained {t['steps']} steps: loss {t['loss_first']:.3f} -> {t['loss']:.3f}{val}; "
+                      f"metrics in {Path(cfg.out).resolve() / 'train' / 'metrics.jsonl'}")
     return result
 
 

@@ -65,6 +65,7 @@ class CleanConfig(Section):
 
 class ExactDedupConfig(Section):
     enabled: bool = True
+    against: str | None = Field(None, description="an earlier run dir whose kept texts new docs are checked against")
 
 
 class FuzzyDedupConfig(Section):

@@ -125,6 +125,15 @@ def test_exact_dedup_keeps_smallest_source_and_id():
     assert out.rejected["reason"].to_pylist() == ["exact_duplicate"] * 2
 
 
+def test_exact_dedup_against_an_earlier_index_rejects_only_old_texts():
+    seen = pa.table({"hash": exact_dedup.text_hashes(pa.array(["kept before", "other old"])),
+                     "source": ["old", "old"], "id": ["o1", "o2"]}, schema=exact_dedup.INDEX_SCHEMA)
+    out = exact_dedup.dedup(docs(["brand new", "kept before", "brand new"], source="a"), seen=seen)
+    assert out.kept["id"].to_pylist() == ["d000"]
+    assert dict(zip(out.rejected["id"].to_pylist(), out.rejected["duplicate_of"].to_pylist())) == {
+        "d001": "o1", "d002": "d000"}
+
+
 def test_exact_dedup_on_sms_spam_removes_exactly_the_repeated_copies(shared_data):
     with open(shared_data / "sms-spam" / "SMSSpamCollection.tsv", encoding="utf-8", newline="") as fh:
         texts = [row[1] for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)][1:]

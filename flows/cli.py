@@ -201,6 +201,22 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a finished run director
         _fail(str(err))
 
 
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Argument(help="config whose inputs are watched; `out` is the run root")],
+    cron: Annotated[Optional[str], typer.Option(help='cron schedule, e.g. "0 2 * * *"')] = None,
+    interval: Annotated[Optional[float], typer.Option(help="or: seconds between runs")] = None,
+    name: Annotated[str, typer.Option(help="deployment name")] = "sluice-incremental",
+) -> None:
+    """Serve scheduled incremental runs: each curates only new input files, against all curated so far."""
+    from flows.serve import serve as serve_flow
+
+    if (cron is None) == (interval is None):
+        _fail("give exactly one of --cron or --interval")
+    _load(config)  # a broken config stops here, not in every scheduled run
+    serve_flow(config, cron=cron, interval=interval, name=name)
+
+
 quality_app = typer.Typer(help="Quality classifiers.", no_args_is_help=True)
 app.add_typer(quality_app, name="quality")
 

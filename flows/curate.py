@@ -35,9 +35,14 @@ class StagePlan:
     config_key: str  # what of the config (and inputs) this stage's output depends on
 
 
-def plan_stages(cfg: SluiceConfig) -> list[StagePlan]:
-    """The enabled curate stages in order. Input paths are resolved here, before any Ray work."""
+def plan_stages(cfg: SluiceConfig, only: list[str] | None = None) -> list[StagePlan]:
+    """The enabled curate stages in order. Input paths are resolved here, before any Ray work.
+
+    `only` restricts the run to these input file paths (scheduled runs take only new files).
+    """
     files = expand_inputs(cfg.inputs)
+    if only is not None:
+        files = [f for f in files if f.path in set(only)]
     get_extractor(cfg.ingest.html_extractor)  # a missing optional extractor fails here, not inside Ray
     q = cfg.quality
     plans = [
@@ -81,9 +86,9 @@ def summary_markdown(summary: dict) -> str:
 
 
 @flow(name="curate", log_prints=True)
-def curate(cfg: SluiceConfig) -> dict:
+def curate(cfg: SluiceConfig, only: list[str] | None = None) -> dict:
     """Raw inputs to curated Parquet with a reconciled ledger: RUN/kept, RUN/rejected, RUN/summary.json."""
-    plans = plan_stages(cfg)
+    plans = plan_stages(cfg, only)
     start_ray(cfg.ray)
     run = RunDir(cfg.out)
     counts: list[StageCount] = []

@@ -17,6 +17,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+import xxhash
+
 MARKER = "_SUCCESS.json"
 
 
@@ -30,6 +32,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def file_digest(path: str | Path) -> str:
+    """A fast content hash of a whole file (xxh3-128): what tells a changed input from a seen one."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def safe_join(root: Path, relative: str) -> Path:

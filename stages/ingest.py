@@ -12,11 +12,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-import xxhash
 
 from pipeline.config import IngestConfig
 from pipeline.ledger import StageResult, combine, rejected_rows
 from pipeline.readers import InputFile, read_file
+from pipeline.rundir import file_digest
 from pipeline.stage import Build, StageContext
 
 STAGE = "ingest"
@@ -44,11 +44,7 @@ def inputs_fingerprint(files: list[InputFile]) -> str:
     """Path, size and content hash of every input file: a changed byte invalidates finished work."""
     h = hashlib.sha256()
     for f in files:
-        digest = xxhash.xxh3_128()
-        with open(f.path, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                digest.update(chunk)
-        h.update(json.dumps([f.source, f.rel, f.format, Path(f.path).stat().st_size, digest.hexdigest()]).encode())
+        h.update(json.dumps([f.source, f.rel, f.format, Path(f.path).stat().st_size, file_digest(f.path)]).encode())
     return h.hexdigest()[:16]
 
 

@@ -6,8 +6,9 @@
 
 Each shard is one record batch so its token values are a single contiguous buffer (one zero-copy
 numpy view), and its bytes depend only on the documents and their order, never on how they arrived.
-Shards are numbered globally and tagged with a manifest `version`, so a later run can append shards
-under version + 1 without rewriting earlier ones.
+Shards are numbered globally and tagged with a manifest `version`: an incremental run appends shards
+under version + 1 (`stages.tokenize.append_shards`) and never rewrites earlier ones. The manifest's
+`fingerprint` is version 1's, then a hash chained over every version's, so it names the whole folder.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from pipeline.rundir import atomic_write_bytes, atomic_write_json, safe_join
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT = "sluice-shards/1"
+SHARD_GLOB = "shard-*.arrow"
 Verify = Literal["size", "sha256"]
 
 
@@ -118,12 +120,30 @@ class ShardWriter:
         self.pending, self.pending_tokens = [], 0
 
 
-def build_manifest(entries: list[dict], *, version: int, fingerprint: str, config_hash: str,
-                   tokenizer: dict, dtype: np.dtype) -> dict:
-    """The manifest of one version's shards (no paths, no clock: equal inputs give equal bytes)."""
+def totals(entries: list[dict]) -> dict:
+    """Documents, tokens and tokens per source over shard entries."""
     sources: Counter[str] = Counter()
     for e in entries:
         sources.update(e["sources"])
+    return {"docs": sum(e["docs"] for e in entries), "tokens": sum(e["tokens"] for e in entries),
+            "sources": dict(sorted(sources.items()))}
+
+
+def manifest_fingerprint(versions: list[dict]) -> str:
+    """Identity of the whole folder: version 1's fingerprint, then a hash chained over every version's."""
+    if len(versions) == 1:
+        return versions[0]["fingerprint"]
+    return hashlib.sha256("\n".join(v["fingerprint"] for v in versions).encode()).hexdigest()[:16]
+
+
+def version_entry(version: int, fingerprint: str, config_hash: str, entries: list[dict]) -> dict:
+    return {"version": version, "fingerprint": fingerprint, "config_hash": config_hash,
+            "shards": [e["file"] for e in entries]}
+
+
+def build_manifest(entries: list[dict], *, version: int, fingerprint: str, config_hash: str,
+                   tokenizer: dict, dtype: np.dtype) -> dict:
+    """The manifest of one version's shards (no paths, no clock: equal inputs give equal bytes)."""
     return {
         "format": FORMAT,
         "version": version,
@@ -131,13 +151,19 @@ def build_manifest(entries: list[dict], *, version: int, fingerprint: str, confi
         "config_hash": config_hash,
         "tokenizer": tokenizer,
         "dtype": dtype.name,
-        "docs": sum(e["docs"] for e in entries),
-        "tokens": sum(e["tokens"] for e in entries),
-        "sources": dict(sorted(sources.items())),
-        "versions": [{"version": version, "fingerprint": fingerprint, "config_hash": config_hash,
-                      "shards": [e["file"] for e in entries]}],
+        **totals(entries),
+        "versions": [version_entry(version, fingerprint, config_hash, entries)],
         "shards": entries,
     }
+
+
+def extend_manifest(manifest: dict, entries: list[dict], *, fingerprint: str, config_hash: str) -> dict:
+    """The next version: earlier shards kept as they are, `entries` appended, totals over all of them."""
+    version = manifest["version"] + 1
+    shards = manifest["shards"] + entries
+    versions = manifest["versions"] + [version_entry(version, fingerprint, config_hash, entries)]
+    return {**manifest, "version": version, "fingerprint": manifest_fingerprint(versions),
+            "config_hash": config_hash, **totals(shards), "versions": versions, "shards": shards}
 
 
 def write_manifest(shard_dir: Path, manifest: dict) -> None:

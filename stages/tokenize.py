@@ -6,9 +6,14 @@ the driver orders them by a seeded hash of their id (or keeps the run's order) a
 shards. Ordering by keys that depend only on the documents is what makes the bytes independent of
 block, batch and worker counts. The shard folder is built under a temporary name and
 renamed into place, so a rerun either skips it (same fingerprint) or rebuilds it whole.
+
+`append_shards` is the incremental path: a later curated batch becomes the folder's next manifest
+version, in new shards after the existing ones, with the folder's own tokenizer.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -30,8 +35,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pipeline.config import SluiceConfig, TokenizeConfig
 from pipeline.runtime import start_ray
-from stages.shard import (FORMAT, TOKENIZER_FILE, ShardError, ShardWriter, build_manifest, file_sha256,
-                          read_manifest, token_dtype, write_manifest)
+from stages.shard import (FORMAT, MANIFEST, SHARD_GLOB, TOKENIZER_FILE, ShardError, ShardWriter, build_manifest,
+                          extend_manifest, file_sha256, read_manifest, token_dtype, write_manifest)
 
 log = logging.getLogger("sluice")
 
@@ -196,18 +201,25 @@ def ordered_documents(files: list[Path], task, shuffle: bool, blocks: int | None
         yield docs.take(order[start:start + TAKE_SLICE])
 
 
-def write_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,
-                 fingerprint: str, trained: bool, blocks: int | None = None) -> dict:
-    """Tokenize on Ray Data, order the documents, stream them into shards; return the manifest."""
-    cfg, scfg = config.tokenize, config.shard
-    eod_token, eod_id = resolve_eod(tokenizer, cfg.eod_token)
-    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    dtype = token_dtype(vocab_size)
+def encode_into_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,
+                       eod_id: int | None, dtype: np.dtype, version: int, first_index: int = 0,
+                       blocks: int | None = None) -> list[dict]:
+    """Tokenize on Ray Data, order the documents, stream them into shards; return their manifest entries."""
+    scfg = config.shard
     task = make_tokenize_task(tokenizer.to_str(), eod_id, dtype, scfg.seed)
-    writer = ShardWriter(out, dtype, scfg.tokens_per_shard, version=1)
+    writer = ShardWriter(out, dtype, scfg.tokens_per_shard, version=version, first_index=first_index)
     for batch in ordered_documents(files, task, scfg.shuffle, blocks):
         writer.add(batch)
-    entries = writer.close()
+    return writer.close()
+
+
+def write_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,
+                 fingerprint: str, trained: bool, blocks: int | None = None) -> dict:
+    """Version 1 of a shard folder: every document of `files`; return the manifest."""
+    eod_token, eod_id = resolve_eod(tokenizer, config.tokenize.eod_token)
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(vocab_size)
+    entries = encode_into_shards(files, config, tokenizer, out, eod_id, dtype, version=1, blocks=blocks)
     tok_info = {"file": TOKENIZER_FILE, "sha256": file_sha256(out / TOKENIZER_FILE), "vocab_size": vocab_size,
                 "eod_token": eod_token, "eod_id": eod_id, "trained": trained}
     return build_manifest(entries, version=1, fingerprint=fingerprint,
@@ -222,6 +234,41 @@ def finished_fingerprint(shard_dir: Path) -> str | None:
         return None
 
 
+def kept_files(run: Path) -> list[Path]:
+    files = sorted((run / "kept").glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{run}/kept has no parquet files: not a curated run")
+    return files
+
+
+def configured_tokenizer(config: SluiceConfig, tokenizer: str | None = None) -> str | None:
+    path = tokenizer or config.tokenize.tokenizer
+    if path and not Path(path).is_file():
+        raise FileNotFoundError(f"tokenizer not found: {path}")
+    return path
+
+
+def build_shard_folder(files: list[Path], config: SluiceConfig, tokenizer_path: str | None, final: Path,
+                       fingerprint: str, blocks: int | None) -> dict:
+    """Build version 1 in a temporary sibling of `final`, manifest last, then rename it into place."""
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    start_ray(config.ray)
+    tok = prepare_tokenizer(config.tokenize, files, tokenizer_path, tmp)
+    manifest = write_shards(files, config, tok, tmp, fingerprint, trained=not tokenizer_path, blocks=blocks)
+    write_manifest(tmp, manifest)
+    if final.exists():
+        trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(tmp, final)
+    log.info("tokenize: %d docs, %d tokens in %d shards -> %s", manifest["docs"], manifest["tokens"],
+             len(manifest["shards"]), final)
+    return manifest
+
+
 def tokenize_run(run_dir: str | Path, config: SluiceConfig, tokenizer: str | None = None,
                  blocks: int | None = None) -> Path:
     """Tokenize RUN/kept into RUN/shards (skipped when finished with the same fingerprint); return it.
@@ -229,30 +276,86 @@ def tokenize_run(run_dir: str | Path, config: SluiceConfig, tokenizer: str | Non
     `blocks` sets Ray Data's parallelism (default: one block per parquet row group); it never changes the output.
     """
     run = Path(run_dir)
-    files = sorted((run / "kept").glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{run}/kept has no parquet files: not a curated run")
-    tokenizer_path = tokenizer or config.tokenize.tokenizer
-    if tokenizer_path and not Path(tokenizer_path).is_file():
-        raise FileNotFoundError(f"tokenizer not found: {tokenizer_path}")
+    files = kept_files(run)
+    tokenizer_path = configured_tokenizer(config, tokenizer)
     fingerprint = shard_fingerprint(config, files, tokenizer_path)
     final = run / "shards"
     if finished_fingerprint(final) == fingerprint:
         log.info("tokenize: %s finished earlier with the same fingerprint, skipped", final)
         return final
-    for stale in run.glob(".shards.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = run / f".shards.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    start_ray(config.ray)
-    tok = prepare_tokenizer(config.tokenize, files, tokenizer_path, tmp)
-    manifest = write_shards(files, config, tok, tmp, fingerprint, trained=not tokenizer_path, blocks=blocks)
-    write_manifest(tmp, manifest)
-    if final.exists():
-        trash = run / f".shards.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    os.replace(tmp, final)
-    log.info("tokenize: %d docs, %d tokens in %d shards -> %s", manifest["docs"], manifest["tokens"],
-             len(manifest["shards"]), final)
+    build_shard_folder(files, config, tokenizer_path, final, fingerprint, blocks)
     return final
+
+
+@contextlib.contextmanager
+def exclusive(shard_dir: Path) -> Iterator[None]:
+    """One writer per shard folder: overlapping scheduled runs wait for each other instead of interleaving."""
+    shard_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(shard_dir.parent / f".{shard_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def remove_unlisted(shard_dir: Path, manifest: dict) -> None:
+    """Delete what a killed append left: shard files the manifest does not list and temporary files."""
+    listed = {e["file"] for e in manifest["shards"]}
+    for path in chain(shard_dir.glob(SHARD_GLOB), shard_dir.glob(".*.tmp-*")):
+        if path.name not in listed:
+            path.unlink()
+
+
+def check_folder_tokenizer(shard_dir: Path, manifest: dict, config: SluiceConfig, tokenizer: Tokenizer) -> None:
+    """An append must encode exactly as the earlier versions did: same tokenizer bytes, same end-of-document."""
+    tok = manifest["tokenizer"]
+    if file_sha256(shard_dir / TOKENIZER_FILE) != tok["sha256"]:
+        raise ShardError(f"{shard_dir / TOKENIZER_FILE} differs from the sha256 in its manifest")
+    configured = configured_tokenizer(config)
+    if configured and file_sha256(Path(configured)) != tok["sha256"]:
+        raise ValueError(f"tokenize.tokenizer {configured} is not the tokenizer of {shard_dir}; "
+                         "a shard folder has one tokenizer: append to a new shard folder instead")
+    eod = resolve_eod(tokenizer, config.tokenize.eod_token)
+    if eod != (tok["eod_token"], tok["eod_id"]):
+        raise ValueError(f"tokenize.eod_token resolves to {eod[0]!r} but {shard_dir} ends documents with "
+                         f"{tok['eod_token']!r}; keep the folder's end-of-document token")
+
+
+def append_shards(run_dir: str | Path, shard_dir: str | Path, config: SluiceConfig,
+                  blocks: int | None = None) -> dict:
+    """Add RUN/kept as the next version of `shard_dir` and return the manifest (the new one, or the current one).
+
+    New documents go into new shards numbered after the existing ones, encoded with the folder's own
+    tokenizer, end-of-document token and dtype; existing shards are never touched, so readers of the old
+    manifest keep working. Each shard is written atomically and the manifest last, so a killed append
+    leaves only unlisted files, which the retry removes before writing the same bytes again. A batch
+    whose fingerprint (its kept files, the tokenize + shard config, the configured tokenizer: the same
+    as `tokenize_run`'s) is already one of the versions is not added again. Without a manifest,
+    `shard_dir` is built as version 1, exactly as `tokenize_run` builds RUN/shards.
+    """
+    run, out = Path(run_dir), Path(shard_dir)
+    files = kept_files(run)
+    tokenizer_path = configured_tokenizer(config)
+    fingerprint = shard_fingerprint(config, files, tokenizer_path)
+    with exclusive(out):
+        if not (out / MANIFEST).is_file():
+            strangers = [p.name for p in out.glob("*")
+                         if not (p.name.startswith(".") or p.name == TOKENIZER_FILE or p.match(SHARD_GLOB))]
+            if strangers:
+                raise ShardError(f"{out} has no {MANIFEST} but holds {strangers[:3]}: not a shard folder to start")
+            return build_shard_folder(files, config, tokenizer_path, out, fingerprint, blocks)
+        manifest = read_manifest(out)
+        if any(v["fingerprint"] == fingerprint for v in manifest["versions"]):
+            log.info("tokenize: %s already holds this batch (fingerprint %s), nothing appended", out, fingerprint)
+            return manifest
+        tokenizer = Tokenizer.from_file(str(out / TOKENIZER_FILE))
+        check_folder_tokenizer(out, manifest, config, tokenizer)
+        remove_unlisted(out, manifest)
+        start_ray(config.ray)
+        entries = encode_into_shards(files, config, tokenizer, out, manifest["tokenizer"]["eod_id"],
+                                     np.dtype(manifest["dtype"]), version=manifest["version"] + 1,
+                                     first_index=len(manifest["shards"]), blocks=blocks)
+        manifest = extend_manifest(manifest, entries, fingerprint=fingerprint,
+                                   config_hash=config.section_hash("tokenize", "shard"))
+        write_manifest(out, manifest)
+    log.info("tokenize: version %d of %s adds %d docs, %d tokens in %d shards", manifest["version"], out,
+             sum(e["docs"] for e in entries), sum(e["tokens"] for e in entries), len(entries))
+    return manifest

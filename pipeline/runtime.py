@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import ray
+from ray.data.context import ShuffleStrategy
 
 from pipeline.config import RayConfig
 
@@ -48,8 +49,13 @@ def start_ray(cfg: RayConfig | None = None) -> str | None:
 
 
 def configure_data_context() -> None:
-    """Quiet, deterministic Ray Data defaults shared by every stage."""
+    """Quiet, deterministic Ray Data defaults shared by every stage.
+
+    Groupbys use the sort-based shuffle: Ray's default hash shuffle parks aggregator actors on the
+    CPUs, which on a small machine starves the very tasks that feed them.
+    """
     ctx = ray.data.DataContext.get_current()
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     ctx.enable_progress_bars = os.environ.get("SLUICE_PROGRESS", "1") == "1"
     ctx.print_on_execution_start = False
     ctx.execution_options.preserve_order = True

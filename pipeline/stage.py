@@ -120,7 +120,12 @@ def run_stage(
         return StageCount.from_dict(done["count"])
     workdir = run.begin(name)
     ctx = StageContext(name=name, config=config, run=run, workdir=workdir)
-    counts = _write_partitions(build(upstream(), ctx), workdir, config.output.partitions)
+    output = build(upstream(), ctx)
+    if expected_inputs == 0:  # nothing to write, but the stage's side artifacts (indexes) still are
+        output.materialize()
+        counts = {}
+    else:
+        counts = _write_partitions(output, workdir, config.output.partitions)
     kept = counts.pop(KEPT, 0)
     total = kept + sum(counts.values())
     count = StageCount(stage=name, inputs=total if expected_inputs is None else expected_inputs,

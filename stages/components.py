@@ -15,7 +15,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray
-from ray.data.context import ShuffleStrategy
 from ray.data.grouped_data import GroupedData
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -84,12 +83,7 @@ def small_star(edges: pa.Table) -> pa.Table:
 
 
 def by_partition(ds: ray.data.Dataset, partitions: int) -> GroupedData:
-    """Group on the `_part` column with a sort-based shuffle.
-
-    Ray's default hash shuffle parks aggregator actors on the CPUs, which on a small machine
-    starves the tasks; the sort shuffle uses plain tasks. Set on this dataset's own context only.
-    """
-    ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    """Group on the `_part` column (the sort-based shuffle is set in `pipeline.runtime`)."""
     return ds.groupby(PART, num_partitions=partitions)
 
 

@@ -70,7 +70,7 @@ def _separator(params: MinHashParams) -> str:
     return "" if params.char_ngrams else " "
 
 
-def _token_lists(texts, params: MinHashParams) -> pl.DataFrame:
+def _token_lists(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, params: MinHashParams) -> pl.DataFrame:
     """(doc, tokens): words, or characters; an empty document has the one token ""."""
     tokens = pl.col("tokens")
     return (

@@ -1,4 +1,5 @@
-"""Tokenize + shard on real text and real tokenizers: dtypes, exact round trips, determinism, resumability."""
+"""Tokenize + shard on real text and real tokenizers: dtypes, exact round trips, determinism, resumability,
+and appending later batches as new manifest versions."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from pipeline.config import SluiceConfig
 from pipeline.schema import DOC_SCHEMA
 from stages.shard import ShardError, file_sha256, inspect_shards, open_shard, read_manifest, token_view
-from stages.tokenize import resolve_eod, sample_texts, tokenize_run, train_bpe
+from stages.tokenize import append_shards, resolve_eod, sample_texts, tokenize_run, train_bpe
+from stages.train.data import NewShardVersion, open_loaders
 
 ROOT = Path(__file__).resolve().parent.parent
 NEOX = "tokenizers/dolma_gpt-neo-test-tokenizer.json"
@@ -42,9 +44,10 @@ def make_run(root: Path, docs: list[dict], parts: int = 3) -> Path:
     return root
 
 
-def config(**shard) -> SluiceConfig:
+def config(tokenizer: str | None = None, eod_token: str | None = "auto", **shard) -> SluiceConfig:
     return SluiceConfig.model_validate({"shard": {"tokens_per_shard": 20_000, **shard},
-                                        "tokenize": {"vocab_size": 600, "train_sample_docs": 200}})
+                                        "tokenize": {"vocab_size": 600, "train_sample_docs": 200,
+                                                     "tokenizer": tokenizer, "eod_token": eod_token}})
 
 
 def read_docs(shard_dir: Path) -> list[tuple[str, np.ndarray]]:
@@ -216,3 +219,77 @@ def test_inspect_and_corruption_name_the_shard(tmp_path, docs, shared_data, ray_
     with pytest.raises(ShardError, match="shard-00001.arrow is missing"):
         inspect_shards(out)
     assert json.loads((out / "manifest.json").read_text())["shards"][1]["file"] == "shard-00001.arrow"
+
+
+def two_batches(root: Path, docs: list[dict]) -> tuple[Path, Path]:
+    """Two curated runs of different documents, as two scheduled runs leave them."""
+    return make_run(root / "batch1", docs[::2]), make_run(root / "batch2", docs[1::2], parts=2)
+
+
+def test_append_adds_a_version_and_never_rewrites_old_shards(tmp_path, docs, ray_cluster):
+    """A trained BPE: version 1 trains it, version 2 must reuse the folder's copy."""
+    cfg = config(tokens_per_shard=5_000)
+    batch1, batch2 = two_batches(tmp_path, docs)
+    corpus = tmp_path / "corpus"
+    m1 = append_shards(batch1, corpus, cfg)
+    assert m1["version"] == 1 and folder_bytes(corpus) == folder_bytes(tokenize_run(batch1, cfg))
+    v1_loader, _ = open_loaders(corpus, 16, 4, val_fraction=0.1)
+    v1_state = v1_loader.state_dict()
+    before = folder_bytes(corpus)
+
+    m2 = append_shards(batch2, corpus, cfg)
+    after = folder_bytes(corpus)
+    new = m2["shards"][len(m1["shards"]):]
+    assert m2["version"] == 2 and m2["shards"][:len(m1["shards"])] == m1["shards"] and new
+    assert all(after[name] == data for name, data in before.items() if name != "manifest.json")
+    assert [e["file"] for e in m2["shards"]] == [f"shard-{i:05d}.arrow" for i in range(len(m2["shards"]))]
+    assert {e["version"] for e in new} == {2} and m2["versions"][0] == m1["versions"][0]
+    assert m2["versions"][1]["shards"] == [e["file"] for e in new] and m2["fingerprint"] != m1["fingerprint"]
+    assert m2["docs"] == len(docs) and m2["tokens"] == m1["tokens"] + sum(e["tokens"] for e in new)
+    assert sum(m2["sources"].values()) == m2["tokens"] and m2["tokenizer"] == m1["tokenizer"]
+    assert set(after) == {"manifest.json", "tokenizer.json"} | {e["file"] for e in m2["shards"]}
+
+    tok = Tokenizer.from_file(str(corpus / "tokenizer.json"))
+    text = {d["id"]: d["text"] for d in docs}
+    got = read_docs(corpus)
+    added = got[m1["docs"]:]
+    assert sorted(d for d, _ in added) == sorted(d["id"] for d in docs[1::2])
+    assert all(t[-1] == m1["tokenizer"]["eod_id"] and tok.decode(t[:-1].tolist()) == text[d] for d, t in added)
+
+    for batch in (batch2, batch1):  # a batch already in the folder is not added again
+        assert append_shards(batch, corpus, cfg) == m2
+    assert folder_bytes(corpus) == after
+
+    train, val = open_loaders(corpus, 16, 4, val_fraction=0.1)
+    assert train.stream.total == m2["tokens"] == sum(len(t) for _, t in got)
+    assert len(train.stream.pieces) == len(m2["shards"]) and train.num_samples > v1_loader.num_samples
+    v1_state["epoch"], v1_state["step"] = 3, 5
+    with pytest.raises(NewShardVersion, match="version 1 .* now version 2"):
+        train.load_state_dict(v1_state)
+    train.load_state_dict(v1_state, on_new_version="next_epoch")
+    assert (train.epoch, train.step) == (4, 0)
+    with pytest.raises(ValueError, match="other shards"):
+        train.load_state_dict(v1_state | {"fingerprint": "0" * 16}, on_new_version="next_epoch")
+
+
+def test_killed_append_retried_equals_a_clean_append(tmp_path, docs, shared_data, ray_cluster):
+    """Orphans of a killed append are replaced, and Ray parallelism does not change a byte."""
+    cfg = config(tokens_per_shard=5_000, tokenizer=str(shared_data / NEOX))
+    batch1, batch2 = two_batches(tmp_path, docs)
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    append_shards(batch1, clean, cfg, blocks=3)
+    append_shards(batch2, clean, cfg, blocks=3)
+    crashed.mkdir()
+    (crashed / "shard-00003.arrow").write_bytes(b"killed before the manifest")  # a first attempt died too
+    first = append_shards(batch1, crashed, cfg, blocks=1)
+    n = len(first["shards"])
+    for orphan in (f"shard-{n:05d}.arrow", f"shard-{n + 40:05d}.arrow", f".shard-{n + 1:05d}.arrow.tmp-dead"):
+        (crashed / orphan).write_bytes(b"half-written by a killed append")
+    append_shards(batch2, crashed, cfg, blocks=1)
+    assert read_manifest(crashed)["version"] == 2 and folder_bytes(crashed) == folder_bytes(clean)
+
+    other = config(tokens_per_shard=5_000, tokenizer=str(shared_data / LLAMA))
+    with pytest.raises(ValueError, match="not the tokenizer of"):
+        append_shards(batch2, clean, other)
+    with pytest.raises(ValueError, match="end-of-document"):
+        append_shards(batch2, clean, config(tokens_per_shard=5_000, tokenizer=str(shared_data / NEOX), eod_token=None))

@@ -8,16 +8,24 @@ the same number of batches and together they see each sample of the epoch once (
 does not fill a global batch is left out, a different one each epoch).
 
 Validation holds out the tail of the stream (`val_fraction`): train and val never share a window.
+
+The stream covers every shard of every manifest version. Appended shards come after the earlier
+ones, so a new version changes the sample count and order: a saved state resumes only on the version
+it was saved on (see `ShardLoader.load_state_dict` for continuing on a grown folder).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
 
-from stages.shard import Verify, open_shard, read_manifest, token_view
+from stages.shard import Verify, manifest_fingerprint, open_shard, read_manifest, token_view
+
+
+class NewShardVersion(ValueError):
+    """A loader state saved on an earlier manifest version of the same shard folder."""
 
 
 class TokenStream:
@@ -30,6 +38,12 @@ class TokenStream:
                        for batch in open_shard(self.shard_dir, entry, verify)]
         self.starts = np.concatenate([[0], np.cumsum([len(p) for p in self.pieces], dtype=np.int64)])
         self.total = int(self.starts[-1])
+
+    def has_ancestor(self, version: int | None, fingerprint: str) -> bool:
+        """Whether `fingerprint` named this folder at `version`, before later versions were appended."""
+        versions = self.manifest["versions"]
+        return (isinstance(version, int) and 1 <= version < len(versions)
+                and manifest_fingerprint(versions[:version]) == fingerprint)
 
     def gather(self, starts: np.ndarray, length: int) -> np.ndarray:
         """Windows [start, start + length) as one int64 array, copied slice by slice from the mapping."""
@@ -115,13 +129,34 @@ class ShardLoader:
         """Where the next batch comes from; rank-independent, so rank 0's state resumes every rank."""
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "seq_len": self.seq_len,
                 "batch_size": self.batch_size, "world_size": self.world_size, "num_samples": self.num_samples,
-                "fingerprint": self.stream.manifest["fingerprint"]}
+                "fingerprint": self.stream.manifest["fingerprint"], "version": self.stream.manifest["version"]}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, on_new_version: Literal["error", "next_epoch"] = "error") -> None:
+        """Resume exactly where `state` left off, on the same shards.
+
+        A state saved on an earlier manifest version of this folder cannot resume mid-epoch: the epoch's
+        sample order is a permutation of the old sample count. By default that raises `NewShardVersion`;
+        with `on_new_version="next_epoch"` the loader starts the epoch after the saved one, over all
+        shards, so training continues from a checkpoint on the grown data.
+        """
         mine = self.state_dict()
-        for key in ("seed", "seq_len", "batch_size", "world_size", "num_samples", "fingerprint"):
+        for key in ("seed", "seq_len", "batch_size", "world_size"):
             if state[key] != mine[key]:
                 raise ValueError(f"loader state does not match this loader: {key} {state[key]!r} != {mine[key]!r}")
+        if state["fingerprint"] != mine["fingerprint"]:
+            if not self.stream.has_ancestor(state.get("version"), state["fingerprint"]):
+                raise ValueError(f"loader state belongs to other shards: manifest fingerprint {state['fingerprint']} "
+                                 f"is not a version of {self.stream.shard_dir}")
+            if on_new_version == "error":
+                raise NewShardVersion(
+                    f"loader state was saved on version {state['version']} of {self.stream.shard_dir}, which is now "
+                    f"version {mine['version']}: it cannot resume mid-epoch on the grown data. Start a new run, or "
+                    "load it with on_new_version='next_epoch' to continue with a fresh epoch over all shards")
+            self.epoch, self.step = int(state["epoch"]) + 1, 0
+            return
+        if state["num_samples"] != mine["num_samples"]:
+            raise ValueError(f"loader state does not match this loader: num_samples {state['num_samples']} != "
+                             f"{mine['num_samples']} (another val_fraction or token range)")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
 

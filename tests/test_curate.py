@@ -90,6 +90,15 @@ def test_bad_input_matrix_loses_nothing(bad_inputs, tmp_path, ray_cluster, prefe
     assert load_summary(out) == summary
 
 
+def test_a_run_that_rejects_everything_still_reconciles(tmp_path, ray_cluster, prefect_harness):
+    (tmp_path / "blank.jsonl").write_text("".join(json.dumps({"id": f"b{i}", "text": " "}) + "\n" for i in range(3)))
+    cfg = config([{"path": str(tmp_path / "blank.jsonl")}], tmp_path / "run")
+    cfg["dedup"] = {"fuzzy": {"enabled": True}}
+    summary = run_curate(cfg)
+    assert (summary["inputs"], summary["kept"], summary["rejected_by_reason"]) == (3, 0, {"empty": 3})
+    assert [s["in"] for s in summary["stages"]] == [3, 3, 0, 0]
+
+
 def _shared_inputs(shared: Path) -> list[dict]:
     return [{"path": str(shared / "cc-web-docs"), "source": "cc"},
             {"path": str(shared / "sms-spam" / "SMSSpamCollection.tsv"), "text_field": "SMS", "id_field": None}]

@@ -224,9 +224,11 @@ def worker_loop(args: dict) -> None:
     log = MetricsLog(out_dir / "metrics.jsonl", trainer.step) if rank == 0 else None
 
     batches = iter(train_data)
+    fault_done = out_dir / f".fault-injected-{cfg.run_name}"  # survives the restart: one fault per run
     while trainer.step < cfg.steps:
-        if cfg.fault_at_step == trainer.step + 1 and checkpoint is None and rank == world - 1:
-            os.kill(os.getpid(), signal.SIGKILL)  # chaos test: a worker dies mid-run, first attempt only
+        if cfg.fault_at_step == trainer.step + 1 and rank == world - 1 and not fault_done.exists():
+            fault_done.touch()
+            os.kill(os.getpid(), signal.SIGKILL)  # chaos test: a worker dies mid-run
         t0 = time.perf_counter()
         batch = next(batches)
         data_wait = time.perf_counter() - t0

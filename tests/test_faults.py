@@ -1,0 +1,120 @@
+"""Faults on the full pipeline (curate + shards) over mixed real input: nothing lost, nothing changed.
+
+The reference runs in this process on 2 Ray CPUs; the faulty runs are subprocesses on 1 CPU, killed
+with SIGKILL at several points and resumed, and must end byte-identical to the reference.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from pipeline.config import parse_config
+from pipeline.summary import load_summary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pipeline_config(shared: Path, out: Path, **extra) -> dict:
+    return {
+        "out": str(out),
+        "inputs": [{"path": str(shared / "cc-web-docs"), "source": "cc", "url_field": "metadata.url"},
+                   {"path": str(shared / "warc-samples" / "*.warc.gz"), "source": "warc"},
+                   {"path": str(shared / "sms-spam" / "SMSSpamCollection.tsv"), "text_field": "SMS", "id_field": None}],
+        "output": {"partitions": 4},
+        "tokenize": {"vocab_size": 2000, "train_sample_docs": 2000},
+        "shard": {"tokens_per_shard": 100_000},
+        **extra,
+    }
+
+
+def digests(run: Path) -> dict[str, str]:
+    files = [p for sub in ("kept", "rejected", "shards") for p in sorted((run / sub).glob("*")) if p.is_file()]
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.fixture(scope="module")
+def reference(shared_data, tmp_path_factory, ray_cluster, prefect_harness) -> Path:
+    from flows.pipeline import pipeline_flow
+
+    out = tmp_path_factory.mktemp("faults") / "reference"
+    pipeline_flow(parse_config(pipeline_config(shared_data, out)))
+    return out
+
+
+def test_full_pipeline_loses_nothing(reference):
+    summary = load_summary(reference)
+    assert summary["inputs"] == summary["kept"] + summary["rejected"] > 6000
+    reasons = summary["rejected_by_reason"]
+    assert reasons["exact_duplicate"] >= 403 and reasons["warc_no_body"] > 0 and reasons["near_duplicate"] > 0
+    assert any(r.startswith(("gopher", "c4", "fineweb")) for r in reasons)
+    assert (reference / "shards" / "manifest.json").is_file()
+
+
+def run_until(cmd: list[str], env: dict, appears, timeout: float = 300) -> bool:
+    """Run the CLI; SIGKILL its whole process group as soon as `appears()` is true. Whether it was killed."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not appears():
+        assert time.monotonic() < deadline, "the run neither finished nor reached the kill point"
+        time.sleep(0.01)
+    killed = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
+def test_sigkill_at_several_points_then_resume_is_byte_identical(shared_data, reference, tmp_path):
+    out = tmp_path / "killed"
+    cfg_file = tmp_path / "one-cpu.yaml"
+    cfg_file.write_text(yaml.safe_dump(pipeline_config(shared_data, out, ray={"num_cpus": 1, "dashboard": False})))
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(cfg_file)]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    points = {
+        "during ingest": lambda: any((out / "stages").glob(".ingest.tmp-*")),
+        "in the middle of fuzzy dedup": lambda: any((out / "stages").glob(".fuzzy_dedup.tmp-*/band_index")),
+        "while writing shards": lambda: any(out.glob(".shards.tmp-*/tokenizer.json")),
+    }
+    for point, appears in points.items():
+        assert run_until(cmd, env, appears), f"the run finished before it was killed {point}"
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert digests(out) == digests(reference)
+    assert load_summary(out) == load_summary(reference)
+
+
+def _kill_one_worker(stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL the first Ray worker seen running a Ray Data task."""
+    while not stop.is_set() and not killed:
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if cmd.startswith("ray::") and any(op in cmd for op in ("MapBatches", "Map(", "Reduce", "ReadParquet")):
+                os.kill(p.info["pid"], signal.SIGKILL)
+                killed.append(p.info["pid"])
+                return
+        time.sleep(0.005)
+
+
+def test_killing_a_ray_worker_mid_stage_changes_nothing(shared_data, reference, tmp_path):
+    from flows.pipeline import pipeline_flow
+
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_one_worker, args=(stop, killed), daemon=True)
+    killer.start()
+    try:
+        pipeline_flow(parse_config(pipeline_config(shared_data, tmp_path / "run")))
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no Ray worker was caught running a stage"
+    assert digests(tmp_path / "run") == digests(reference)

@@ -1,6 +1,8 @@
 """Shared fixtures: one Ray cluster per session, one Prefect test harness, the shared real data."""
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -51,3 +53,23 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(tmp_path_factory) -> Path:
+    """The bad-input matrix: malformed JSON, invalid UTF-8, UTF-16, empty, 20 MB, truncated gzip, no text."""
+    d = tmp_path_factory.mktemp("bad")
+    good = "A perfectly fine document about rivers and the sea."
+    lines = [json.dumps({"id": "ok-1", "text": good}).encode(),
+             b'{"id": "broken", "text": "no closing brace"',
+             b'{"id": "latin", "text": "caf\xe9 au lait"}',
+             json.dumps({"id": "notext", "body": "wrong field"}).encode(),
+             json.dumps({"id": "empty", "text": " \n\t "}).encode(),
+             json.dumps({"id": "huge", "text": "x" * 20_000_000}).encode(),
+             json.dumps({"id": "ok-2", "text": good + " Second."}).encode()]
+    (d / "mixed.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (d / "utf16.txt").write_bytes("Grüße aus Köln, ein UTF-16 Dokument.".encode("utf-16"))
+    whole = gzip.compress(b"\n".join(json.dumps({"id": f"gz-{i}", "text": f"{good} {i}"}).encode()
+                                     for i in range(50)))
+    (d / "cut.jsonl.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    return d

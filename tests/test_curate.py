@@ -1,7 +1,6 @@
 """The curate flow end to end on real Ray and real Prefect: nothing lost, deterministic, resumable."""
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -43,25 +42,6 @@ def tree_digest(run_dir: Path) -> dict[str, str]:
 def ledger(run_dir: Path) -> dict[str, tuple[str, str]]:
     rows = pq.read_table(run_dir / "rejected").select(["id", "reason", "detail"]).to_pylist()
     return {r["id"]: (r["reason"], r["detail"]) for r in rows}
-
-
-@pytest.fixture(scope="module")
-def bad_inputs(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("bad")
-    good = "A perfectly fine document about rivers and the sea."
-    lines = [json.dumps({"id": "ok-1", "text": good}).encode(),
-             b'{"id": "broken", "text": "no closing brace"',
-             b'{"id": "latin", "text": "caf\xe9 au lait"}',
-             json.dumps({"id": "notext", "body": "wrong field"}).encode(),
-             json.dumps({"id": "empty", "text": " \n\t "}).encode(),
-             json.dumps({"id": "huge", "text": "x" * 20_000_000}).encode(),
-             json.dumps({"id": "ok-2", "text": good + " Second."}).encode()]
-    (d / "mixed.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    (d / "utf16.txt").write_bytes("Grüße aus Köln, ein UTF-16 Dokument.".encode("utf-16"))
-    whole = gzip.compress(b"\n".join(json.dumps({"id": f"gz-{i}", "text": f"{good} {i}"}).encode()
-                                     for i in range(50)))
-    (d / "cut.jsonl.gz").write_bytes(whole[: len(whole) * 2 // 3])
-    return d
 
 
 def test_missing_path_stops_before_any_work(tmp_path):

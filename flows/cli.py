@@ -82,14 +82,13 @@ def _run_pipeline(cfg: SluiceConfig) -> dict:
     from pipeline.runtime import start_ray
 
     try:
-        url = start_ray(cfg.ray)
-        if url:
-            console.print(f"Ray dashboard: [bold]{url}[/] (token: ~/.ray/auth_token)")
+        start_ray(cfg.ray)
         result = pipeline_flow(cfg)
     except (InputError, ConfigError) as err:
         _fail(str(err))
     print_summary(result["summary"])
-    console.print(f"run directory: [bold]{Path(cfg.out).resolve()}[/]  report: {Path(cfg.out).resolve() / 'report.html'}")
+    out = Path(cfg.out).resolve()
+    console.print(f"run directory: [bold]{out}[/]  report: {out / 'report.html'}  links: {out / 'run_info.json'}")
     if "train" in result:
         t = result["train"]
         val = f", val loss {t['val_loss']:.3f}" if t.get("val_loss") is not None else ""

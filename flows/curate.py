@@ -106,4 +106,16 @@ def curate(cfg: SluiceConfig, only: list[str] | None = None) -> dict:
     write_report(run.root)
     create_markdown_artifact(headline_markdown(run.root), key="curate-report",
                              description="Data-quality headline and the report's path")
+    atomic_write_json(run.root / "run_info.json", run_links())
     return summary
+
+
+def run_links() -> dict:
+    """Where to look at this run beyond its files (kept apart from summary.json, which is deterministic)."""
+    from prefect.runtime import flow_run
+
+    from pipeline.runtime import dashboard_url
+
+    ui = flow_run.ui_url
+    return {"prefect_flow_run": flow_run.id, "prefect_flow_run_url": ui, "artifacts": ["curate-ledger", "curate-report"],
+            "report": "report.html", "ray_dashboard": dashboard_url()}

@@ -62,10 +62,6 @@ def configure_data_context() -> None:
 
 
 def dashboard_url() -> str | None:
-    ctx = ray.get_runtime_context()
-    try:
-        url = ray._private.worker.global_worker.node.address_info.get("webui_url")  # noqa: SLF001
-    except AttributeError:
-        url = None
-    del ctx
+    """The dashboard of the cluster this process is connected to, if it has one."""
+    url = ray._private.worker.global_worker.node.address_info.get("webui_url")  # noqa: SLF001 (no public API)
     return f"http://{url}" if url else None

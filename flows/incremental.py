@@ -18,6 +18,7 @@ from typing import Iterator
 from prefect import flow
 
 from flows.curate import curate
+from flows.train import train_flow
 from pipeline.config import SluiceConfig, load_config
 from pipeline.incremental import IncrementalState
 from pipeline.readers import expand_inputs
@@ -72,5 +73,8 @@ def _run_batch(cfg: SluiceConfig, root: Path) -> dict:
     if cfg.tokenize.enabled and summary["kept"]:
         manifest = append_shards(batch_dir, root / "shards", cfg)
         summary["manifest_version"] = manifest["version"]
+        if cfg.train.enabled:  # continue the same run from its last checkpoint: `steps` more per version
+            more = cfg.train.model_copy(update={"steps": cfg.train.steps * manifest["version"]})
+            summary["train"] = train_flow(cfg.model_copy(update={"train": more}), str(root / "shards"), str(root))
     state.record(batch_dir, new)
     return summary

@@ -1,7 +1,8 @@
 """The Ray Train job end to end: 2 CPU workers (DDP over gloo) on shards of real text.
 
-Two fits in all (each pays Ray Train's fixed start-up): one uninterrupted, one whose last worker
-kills itself mid-run and is resumed by Ray Train from its checkpoint.
+Three fits in all (each pays Ray Train's fixed start-up): one uninterrupted, one whose last worker
+kills itself mid-run and is resumed by Ray Train from its checkpoint, and one that continues the
+first on shards appended by a later batch.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 from pipeline.config import parse_config
 from pipeline.schema import DOC_SCHEMA
-from stages.tokenize import tokenize_run
+from stages.tokenize import append_shards, tokenize_run
 from stages.train.loop import read_metrics, train
 
 pytestmark = pytest.mark.slow
@@ -73,3 +74,20 @@ def test_killed_worker_resumes_to_the_same_parameters(shard_dir, uninterrupted, 
     assert any(k.endswith("expert_bias") and killed[k].abs().sum() > 0 for k in killed)
     rows = read_metrics(tmp_path / "train" / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 21))
+
+
+def test_training_continues_from_its_checkpoint_on_appended_shards(shard_dir, uninterrupted, shared_data, tmp_path):
+    """A scheduled run appends shards (manifest version 2) and raises the step budget: the same run
+    name resumes from its last checkpoint and trains on, over every shard, into the same metrics log."""
+    lines = (shared_data / "wikitext-2" / "valid.txt").read_text().splitlines()
+    paragraphs = [line.strip() for line in lines if len(line.strip()) > 200][:300]
+    batch = tmp_path / "batch"
+    (batch / "kept").mkdir(parents=True)
+    pq.write_table(pa.table({"id": [f"wt-{i:04d}" for i in range(len(paragraphs))], "text": paragraphs,
+                             "source": ["wikitext"] * len(paragraphs), "url": [None] * len(paragraphs),
+                             "meta": [None] * len(paragraphs)}, schema=DOC_SCHEMA), batch / "kept" / "part-00000.parquet")
+    config = {"tokenize": {"vocab_size": VOCAB}, "shard": {"tokens_per_shard": 100_000}}
+    assert append_shards(batch, shard_dir, parse_config(config))["version"] == 2
+    final = train(parse_config({**config, "train": TRAIN | {"run_name": "plain", "steps": 26}}), shard_dir, uninterrupted)
+    assert final["steps"] == 26 and final["resumed_from"] == [20]
+    assert [r["step"] for r in read_metrics(uninterrupted / "train" / "metrics.jsonl")] == list(range(1, 27))

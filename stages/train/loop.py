@@ -219,7 +219,7 @@ def worker_loop(args: dict) -> None:
         with checkpoint.as_directory() as d:
             trainer.load_state_dict(torch.load(Path(d) / TRAINER_STATE, map_location=device, weights_only=True))
             rank_state = torch.load(Path(d) / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
-        train_data.load_state_dict(rank_state["loader"])
+        train_data.load_state_dict(rank_state["loader"], on_new_version="next_epoch")  # appended shards
         set_rng_state(rank_state["rng"])
     log = MetricsLog(out_dir / "metrics.jsonl", trainer.step) if rank == 0 else None
 

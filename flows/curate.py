@@ -116,6 +116,6 @@ def run_links() -> dict:
 
     from pipeline.runtime import dashboard_url
 
-    ui = flow_run.ui_url
-    return {"prefect_flow_run": flow_run.id, "prefect_flow_run_url": ui, "artifacts": ["curate-ledger", "curate-report"],
+    ui = flow_run.ui_url  # only meaningful with a Prefect server that has a UI
+    return {"prefect_flow_run": flow_run.id, "prefect_flow_run_url": ui if ui and ui.startswith("http") else None, "artifacts": ["curate-ledger", "curate-report"],
             "report": "report.html", "ray_dashboard": dashboard_url()}

@@ -39,7 +39,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/minhash_bench.py
-	$(PY) benchmarks/tokenize_bench.py
+	$(PY) benchmarks/tokenize_bench.py --repeat 4
 
 clean:
 	rm -rf $(VENV) .cache runs

@@ -157,13 +157,14 @@ def tokenize(
         shard_dir = tokenize_flow(cfg, str(run_dir), str(tokenizer) if tokenizer else None)
     except FileNotFoundError as err:
         _fail(str(err))
-    console.print(_inspect_text(Path(shard_dir)), markup=False, highlight=False)
+    _print_shards(Path(shard_dir))
 
 
-def _inspect_text(shard_dir: Path) -> str:
+def _print_shards(shard_dir: Path) -> None:
+    """Decoded samples hold arbitrary text: never let Rich read it as markup."""
     from stages.shard import inspect_shards
 
-    return inspect_shards(shard_dir)
+    console.print(inspect_shards(shard_dir), markup=False, highlight=False)
 
 
 @app.command()
@@ -172,7 +173,7 @@ def inspect(shard_dir: Annotated[Path, typer.Argument(help="a shard folder with 
     from stages.shard import ShardError
 
     try:
-        console.print(_inspect_text(shard_dir), markup=False, highlight=False)
+        _print_shards(shard_dir)
     except ShardError as err:
         _fail(str(err))
 

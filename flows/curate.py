@@ -42,7 +42,8 @@ def plan_stages(cfg: SluiceConfig, only: list[str] | None = None) -> list[StageP
     """
     files = expand_inputs(cfg.inputs)
     if only is not None:
-        files = [f for f in files if f.path in set(only)]
+        wanted = set(only)
+        files = [f for f in files if f.path in wanted]
     get_extractor(cfg.ingest.html_extractor)  # a missing optional extractor fails here, not inside Ray
     q = cfg.quality
     plans = [

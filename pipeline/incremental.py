@@ -21,6 +21,7 @@ class IncrementalState:
     root: Path
     files: dict[str, dict] = field(default_factory=dict)  # path -> {size, hash, batch}
     batches: list[dict] = field(default_factory=list)  # [{batch, dir, files}]
+    _fresh: dict[str, dict] = field(default_factory=dict, repr=False)  # what new_files measured
 
     @classmethod
     def load(cls, root: str | Path) -> "IncrementalState":
@@ -29,11 +30,13 @@ class IncrementalState:
         return cls(Path(root), data.get("files", {}), data.get("batches", []))
 
     def new_files(self, files: list[InputFile]) -> list[InputFile]:
+        """The files not processed before; their size and hash are kept for `record`, not measured twice."""
         fresh = []
         for f in files:
+            now = {"size": Path(f.path).stat().st_size, "hash": file_digest(f.path)}
             seen = self.files.get(f.path)
-            size = Path(f.path).stat().st_size
-            if seen is None or seen["size"] != size or seen["hash"] != file_digest(f.path):
+            if seen is None or (seen["size"], seen["hash"]) != (now["size"], now["hash"]):
+                self._fresh[f.path] = now
                 fresh.append(f)
         return fresh
 
@@ -47,7 +50,7 @@ class IncrementalState:
     def record(self, batch_dir: Path, files: list[InputFile]) -> None:
         number = len(self.batches) + 1
         for f in files:
-            self.files[f.path] = {"size": Path(f.path).stat().st_size, "hash": file_digest(f.path), "batch": number}
+            self.files[f.path] = {**self._fresh[f.path], "batch": number}
         self.batches.append({"batch": number, "dir": str(batch_dir.relative_to(self.root)),
                              "files": sorted(f.path for f in files)})
         atomic_write_json(self.root / STATE_FILE, {"files": self.files, "batches": self.batches})

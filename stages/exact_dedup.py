@@ -37,7 +37,8 @@ def text_hashes(text: pa.Array | pa.ChunkedArray) -> pa.Array:
 def dedup(batch: pa.Table, stage: str = STAGE, seen: pa.Table | None = None) -> StageResult:
     """Keep the smallest (source, id) per text hash; reject the rest as `exact_duplicate` of it.
 
-    `seen` (hash, source, id) lists documents kept by earlier runs: they win every tie.
+    `seen` (hash, source, id) lists documents kept by earlier runs: they win every tie. A batch
+    tagged with `_text_hash` keeps that column on its kept rows, for the caller's hash index.
     """
     hashes = batch[HASH] if HASH in batch.column_names else text_hashes(batch["text"])
     new = pl.DataFrame({"h": pl.Series(hashes.to_pylist(), dtype=pl.String),
@@ -50,7 +51,7 @@ def dedup(batch: pa.Table, stage: str = STAGE, seen: pa.Table | None = None) -> 
         .with_columns(keeper=pl.col("id").first().over("h"), rank=pl.int_range(pl.len()).over("h"))
         .filter(~pl.col("old"))
     )
-    docs = batch.drop_columns([c for c in (HASH, BUCKET) if c in batch.column_names])
+    docs = batch.drop_columns([BUCKET]) if BUCKET in batch.column_names else batch
     kept_rows = pa.array(order.filter(pl.col("rank") == 0)["row"].sort().to_list(), pa.int64())
     dups = order.filter(pl.col("rank") > 0).sort("row")
     rejected = rejected_rows(docs.take(pa.array(dups["row"].to_list(), pa.int64())), stage, "exact_duplicate",
@@ -87,8 +88,9 @@ def build(ds: ray.data.Dataset, ctx: StageContext) -> ray.data.Dataset:
         bucket = group[BUCKET][0].as_py()
         seen = _read_index(bucket_file(old_dir, bucket)) if old_dir else None
         result = dedup(group, ctx.name, seen)
-        kept = pa.table({"hash": text_hashes(result.kept["text"]), "source": result.kept["source"],
-                         "id": result.kept["id"]}, schema=INDEX_SCHEMA)
+        kept = pa.table({"hash": result.kept[HASH], "source": result.kept["source"], "id": result.kept["id"]},
+                        schema=INDEX_SCHEMA)
+        result.kept = result.kept.drop_columns([HASH])
         index = pa.concat_tables([seen, kept]) if seen is not None else kept
         target = bucket_file(new_dir, bucket)
         target.unlink(missing_ok=True)  # a hard link to the old index: never write through it

@@ -1,15 +1,16 @@
-"""The `curate` flow: one Prefect task per stage, each running its Ray Data work from the flow's process.
+"""The `curate` flow: the row-local pass over every input piece, the dedup stages, the final rows.
 
-Stages run in a fixed order over the run directory; a finished stage whose fingerprint still matches
-is skipped, so a rerun after a kill resumes where the last run stopped.
+One Prefect task for the fused row-local pass, one per shuffle stage, one that applies their
+decisions; every part skips what finished earlier with the same fingerprint, so a rerun after a
+kill resumes where the last run stopped. The run directory is locked for the whole flow.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import ray
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
@@ -18,25 +19,24 @@ from flows.retry import retry_transient
 from pipeline.config import SluiceConfig
 from pipeline.ledger import StageCount
 from pipeline.readers import expand_inputs, get_extractor
-from pipeline.rundir import RunDir, atomic_write_json
-from pipeline.runtime import start_ray
-from pipeline.stage import Build, read_stage, run_stage
-from pipeline.summary import build_summary
+from pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_json
+from pipeline.runtime import dashboard_url, start_ray
+from pipeline.stage import Plan, Segment, ShuffleStage, run_final, run_row_local, run_shuffle
+from pipeline.summary import RunSummary, build_summary
 from quality.report import headline_markdown, write_report
-from stages import clean, exact_dedup, fuzzy_dedup, ingest, langid, quality, rules
+from stages import clean, duplicate_ids, exact_dedup, fuzzy_dedup, ingest, langid, quality, rules
 
 log = logging.getLogger("sluice")
+RETRY = dict(cache_policy=NONE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 
 
-@dataclass
-class StagePlan:
-    name: str
-    build: Build
-    config_key: str  # what of the config (and inputs) this stage's output depends on
+def _shuffle(module, cfg: SluiceConfig) -> ShuffleStage:
+    return ShuffleStage(module.STAGE, partial(module.build, cfg), module.fingerprint(cfg), frozenset(module.READS))
 
 
-def plan_stages(cfg: SluiceConfig, only: list[str] | None = None) -> list[StagePlan]:
-    """The enabled curate stages in order. Input paths are resolved here, before any Ray work.
+def plan_curate(cfg: SluiceConfig, only: list[str] | None = None) -> Plan:
+    """The whole curate plan, checked before any Ray work: inputs resolved and split into pieces,
+    models found, rule names known, and every stage's columns added by an earlier one.
 
     `only` restricts the run to these input file paths (scheduled runs take only new files).
     """
@@ -45,69 +45,68 @@ def plan_stages(cfg: SluiceConfig, only: list[str] | None = None) -> list[StageP
         wanted = set(only)
         files = [f for f in files if f.path in wanted]
     get_extractor(cfg.ingest.html_extractor)  # a missing optional extractor fails here, not inside Ray
+    pieces, identities = ingest.pieces(files, cfg.ingest)
     q = cfg.quality
-    plans = [
-        StagePlan(ingest.STAGE, ingest.build(files, cfg.ingest),
-                  ingest.inputs_fingerprint(files) + cfg.section_hash("ingest")),
-        StagePlan(clean.STAGE, clean.build(cfg.clean), cfg.section_hash("clean")),
-    ]
-    if q.langid.enabled:
-        plans.append(StagePlan(langid.STAGE, langid.build(q.langid), cfg.section_hash("quality.langid")))
-    if q.rules.enabled:
-        plans.append(StagePlan(rules.STAGE, rules.build(q.rules), cfg.section_hash("quality.rules")))
+    judge = [build(section) for enabled, build, section in (
+        (q.langid.enabled, langid.build, q.langid), (q.rules.enabled, rules.build, q.rules),
+        (q.classifier.enabled, quality.build, q.classifier)) if enabled]
+    segments = [Segment("read", (clean.build(cfg.clean),))] + ([Segment("judge", tuple(judge))] if judge else [])
+    shuffles = [_shuffle(duplicate_ids, cfg)]
     if cfg.dedup.exact.enabled:
-        plans.append(StagePlan(exact_dedup.STAGE, exact_dedup.build, cfg.section_hash("dedup.exact")))
+        shuffles.append(_shuffle(exact_dedup, cfg))
     if cfg.dedup.fuzzy.enabled:
-        plans.append(StagePlan(fuzzy_dedup.STAGE, fuzzy_dedup.build, cfg.section_hash("dedup.fuzzy")))
-    if q.classifier.enabled:
-        plans.append(StagePlan(quality.STAGE, quality.build(q.classifier), cfg.section_hash("quality.classifier")))
-    return plans
+        shuffles.append(_shuffle(fuzzy_dedup, cfg))
+    return Plan(pieces, identities, ingest.build(cfg.ingest), segments, shuffles)
 
 
-def _chain(prev: str, key: str, name: str) -> str:
-    return hashlib.sha256(f"{prev}|{name}|{key}".encode()).hexdigest()[:16]
+def _in_flight() -> int:
+    """Pieces in flight: enough to keep every CPU busy, few enough that memory stays flat."""
+    return 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-@task(cache_policy=NONE, task_run_name="{plan.name}", retries=2, retry_delay_seconds=5,
-      retry_condition_fn=retry_transient)
-def run_stage_task(run: RunDir, plan: StagePlan, fingerprint: str, upstream: str | None,
-                   cfg: SluiceConfig, expected: int | None) -> StageCount:
-    return run_stage(run, plan.name, fingerprint, plan.build,
-                     (lambda: read_stage(run, upstream)) if upstream else (lambda: None),
-                     cfg, expected)
+@task(task_run_name="row-local stages", **RETRY)
+def row_local_task(run: RunDir, plan: Plan) -> list[StageCount]:
+    return run_row_local(run, plan, _in_flight())
 
 
-def summary_markdown(summary: dict) -> str:
+@task(task_run_name="{name}", **RETRY)
+def shuffle_task(run: RunDir, plan: Plan, index: int, inputs: int, name: str) -> StageCount:
+    return run_shuffle(run, plan, index, inputs)
+
+
+@task(task_run_name="apply decisions", **RETRY)
+def final_task(run: RunDir, plan: Plan) -> None:
+    run_final(run, plan, _in_flight())
+
+
+def summary_markdown(summary: RunSummary) -> str:
     lines = ["| stage | in | kept | rejected | by reason |", "|---|---:|---:|---:|---|"]
-    for s in summary["stages"]:
-        reasons = ", ".join(f"{k}: {v}" for k, v in s["rejected_by_reason"].items()) or "-"
-        lines.append(f"| {s['stage']} | {s['in']} | {s['kept']} | {s['rejected']} | {reasons} |")
-    lines.append(f"\n**inputs {summary['inputs']} = kept {summary['kept']} + rejected {summary['rejected']}**")
+    for s in summary.stages:
+        reasons = ", ".join(f"{k}: {v}" for k, v in s.rejected_by_reason.items()) or "-"
+        lines.append(f"| {s.stage} | {s.inputs} | {s.kept} | {s.rejected} | {reasons} |")
+    lines.append(f"\n**inputs {summary.inputs} = kept {summary.kept} + rejected {summary.rejected}**")
     return "\n".join(lines)
 
 
 @flow(name="curate", log_prints=True)
-def curate(cfg: SluiceConfig, only: list[str] | None = None) -> dict:
+def curate(cfg: SluiceConfig, only: list[str] | None = None) -> RunSummary:
     """Raw inputs to curated Parquet with a reconciled ledger: RUN/kept, RUN/rejected, RUN/summary.json."""
-    plans = plan_stages(cfg, only)
+    plan = plan_curate(cfg, only)
     start_ray(cfg.ray)
     run = RunDir(cfg.out)
-    counts: list[StageCount] = []
-    fingerprint, upstream = "", None
-    for plan in plans:
-        fingerprint = _chain(fingerprint, plan.config_key, plan.name)
-        expected = counts[-1].kept if counts else None
-        counts.append(run_stage_task(run, plan, fingerprint, upstream, cfg, expected))
-        upstream = plan.name
-    run.publish([p.name for p in plans])
-    summary = build_summary(counts)
-    atomic_write_json(run.root / "summary.json", summary)
-    create_markdown_artifact(summary_markdown(summary), key="curate-ledger",
-                             description=f"Ledger of run {Path(cfg.out).resolve()}")
-    write_report(run.root)
-    create_markdown_artifact(headline_markdown(run.root), key="curate-report",
-                             description="Data-quality headline and the report's path")
-    atomic_write_json(run.root / "run_info.json", run_links())
+    with run.lock():
+        counts = row_local_task(run, plan)
+        for i, stage in enumerate(plan.shuffles):
+            counts.append(shuffle_task(run, plan, i, counts[-1].kept, stage.name))
+        final_task(run, plan)
+        summary = build_summary(counts)
+        atomic_write_bytes(run.summary_file, summary.to_json().encode())
+        create_markdown_artifact(summary_markdown(summary), key="curate-ledger",
+                                 description=f"Ledger of run {run.root.resolve()}")
+        write_report(run.root)
+        create_markdown_artifact(headline_markdown(run.root), key="curate-report",
+                                 description="Data-quality headline and the report's path")
+        atomic_write_json(run.run_info_file, run_links())
     return summary
 
 
@@ -115,8 +114,6 @@ def run_links() -> dict:
     """Where to look at this run beyond its files (kept apart from summary.json, which is deterministic)."""
     from prefect.runtime import flow_run
 
-    from pipeline.runtime import dashboard_url
-
     ui = flow_run.ui_url  # only meaningful with a Prefect server that has a UI
-    return {"prefect_flow_run": flow_run.id, "prefect_flow_run_url": ui if ui and ui.startswith("http") else None, "artifacts": ["curate-ledger", "curate-report"],
-            "report": "report.html", "ray_dashboard": dashboard_url()}
+    return {"prefect_flow_run": flow_run.id, "prefect_flow_run_url": ui if ui and ui.startswith("http") else None,
+            "artifacts": ["curate-ledger", "curate-report"], "report": "report.html", "ray_dashboard": dashboard_url()}

@@ -1,17 +1,18 @@
 """The ledger: every stage splits its input into kept and rejected rows, and the counts must reconcile.
 
-A stage's pure function returns a `StageResult`. To move through Ray Data as one dataset the two
-halves travel as one table whose ledger columns are null on kept rows (`combine` / `split`).
+A stage's pure function returns a `StageResult`; `StageCount` is its line of the run summary, the one
+typed record that the runner writes into markers, the summary and the report read back.
 """
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
+from pydantic import ConfigDict, Field
 
-from pipeline.schema import DOC_SCHEMA, LEDGER_COLUMNS, LEDGER_FIELDS, REJECTED_SCHEMA
+from pipeline.config import Section
+from pipeline.schema import LEDGER_COLUMNS, REJECTED_SCHEMA, conform
 
 
 class LedgerMismatch(RuntimeError):
@@ -24,7 +25,7 @@ class StageResult:
     rejected: pa.Table
 
     def __post_init__(self) -> None:
-        self.rejected = conform_rejected(self.rejected)
+        self.rejected = conform(self.rejected, REJECTED_SCHEMA, extras=None)
 
 
 def rejected_rows(
@@ -34,84 +35,52 @@ def rejected_rows(
     detail: str | list[str | None] | pa.Array | None = None,
     duplicate_of: list[str | None] | pa.Array | None = None,
     cluster_id: list[str | None] | pa.Array | None = None,
+    duplicate_of_source: list[str | None] | pa.Array | None = None,
 ) -> pa.Table:
-    """Turn document rows into rejected rows carrying a reason code (scalar or per row)."""
+    """Turn document rows (annotations kept) into rejected rows carrying a reason code (scalar or per row)."""
     n = docs.num_rows
 
-    def col(value, typ=pa.string()):
+    def col(value):
         if value is None or isinstance(value, str):
-            return pa.array([value] * n, typ)
-        return pa.array(value, typ) if not isinstance(value, (pa.Array, pa.ChunkedArray)) else value
+            return pa.array([value] * n, pa.string())
+        return value if isinstance(value, (pa.Array, pa.ChunkedArray)) else pa.array(value, pa.string())
 
-    base = docs.select([f.name for f in DOC_SCHEMA]).cast(DOC_SCHEMA)
-    for name, value in zip(LEDGER_COLUMNS, [stage, reason, detail, duplicate_of, cluster_id]):
-        base = base.append_column(name, col(value))
-    return base.cast(REJECTED_SCHEMA)
-
-
-def conform_rejected(table: pa.Table) -> pa.Table:
-    """Rejected rows in the exact ledger schema (extra stage columns dropped, missing ones null)."""
-    cols = []
-    for f in REJECTED_SCHEMA:
-        if f.name in table.column_names:
-            cols.append(table[f.name].cast(f.type))
-        else:
-            cols.append(pa.nulls(table.num_rows, f.type))
-    return pa.Table.from_arrays(cols, schema=REJECTED_SCHEMA)
+    values = dict(zip(["stage", "reason", "detail", "duplicate_of", "cluster_id", "duplicate_of_source"],
+                      [stage, reason, detail, duplicate_of, cluster_id, duplicate_of_source]))
+    base = docs.drop_columns([c for c in LEDGER_COLUMNS if c in docs.column_names])
+    for name in LEDGER_COLUMNS:
+        base = base.append_column(name, col(values[name]).cast(pa.string()))
+    return conform(base, REJECTED_SCHEMA, extras=None)
 
 
-def combine(result: StageResult) -> pa.Table:
-    """Kept and rejected rows as one table: kept rows have a null `reason`."""
-    kept = result.kept
-    for f in LEDGER_FIELDS:
-        if f.name not in kept.column_names:
-            kept = kept.append_column(f, pa.nulls(kept.num_rows, f.type))
-    rejected = result.rejected
-    for f in kept.schema:
-        if f.name not in rejected.column_names:
-            rejected = rejected.append_column(f, pa.nulls(rejected.num_rows, f.type))
-    return pa.concat_tables([kept, rejected.select(kept.column_names).cast(kept.schema)])
+class StageCount(Section):
+    """One stage's line of the run summary: documents in, kept, and rejected by reason."""
 
-
-def split(table: pa.Table) -> StageResult:
-    """Inverse of `combine`."""
-    is_rejected = pc.is_valid(table["reason"])
-    kept = table.filter(pc.invert(is_rejected)).drop_columns(LEDGER_COLUMNS)
-    return StageResult(kept=kept, rejected=table.filter(is_rejected))
-
-
-@dataclass
-class StageCount:
-    """One stage's line of the run summary."""
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     stage: str
-    inputs: int
+    inputs: int = Field(alias="in")
     kept: int
-    rejected: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-    def check(self) -> None:
-        if self.inputs != self.kept + self.rejected_total:
-            raise LedgerMismatch(
-                f"stage {self.stage!r}: {self.inputs} in != {self.kept} kept + {self.rejected_total} rejected"
-            )
-
-    def to_dict(self) -> dict:
-        return {
-            "stage": self.stage,
-            "in": self.inputs,
-            "kept": self.kept,
-            "rejected": self.rejected_total,
-            "rejected_by_reason": dict(sorted(self.rejected.items())),
-        }
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = Field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StageCount":
-        return cls(stage=d["stage"], inputs=d["in"], kept=d["kept"], rejected=dict(d["rejected_by_reason"]))
+    def of(cls, stage: str, inputs: int, kept: int, reasons: dict[str, int]) -> "StageCount":
+        return cls(stage=stage, inputs=inputs, kept=kept, rejected=sum(reasons.values()),
+                   rejected_by_reason=dict(sorted(reasons.items())))
+
+    def check(self) -> None:
+        if self.inputs != self.kept + self.rejected or self.rejected != sum(self.rejected_by_reason.values()):
+            raise LedgerMismatch(
+                f"stage {self.stage!r}: {self.inputs} in != {self.kept} kept + {self.rejected} rejected")
+
+    def __add__(self, other: "StageCount") -> "StageCount":
+        """Counts of the same stage over two pieces of input."""
+        reasons = Counter(self.rejected_by_reason)
+        reasons.update(other.rejected_by_reason)
+        return StageCount.of(self.stage, self.inputs + other.inputs, self.kept + other.kept, dict(reasons))
 
 
 def count_reasons(reasons: pa.Array | pa.ChunkedArray) -> dict[str, int]:
     return dict(Counter(reasons.to_pylist()))
+

@@ -1,136 +1,363 @@
-"""Running one ledger stage on Ray: skip if finished, build, write canonically, reconcile, commit.
+"""Running a curate plan: row-local stages fused per input piece, shuffle stages on small columns.
 
-A stage module supplies a pure batch function (unit-testable without Ray) and a `build` that wires
-it into Ray Data, returning kept and rejected rows as one dataset (`pipeline.ledger.combine`).
-This module writes that dataset hash-partitioned by document id into a fixed number of files,
-each sorted by (source, id), so the bytes on disk never depend on worker or block counts.
+Row-local stages (ingest, clean, langid, rules, quality) are pure batch functions. They run one
+after the other on each batch of one input piece, inside one Ray task, with no shuffle between
+them; a piece's output is a pure function of the piece, so the bytes never depend on worker count.
+They are grouped into segments, each persisted per piece with its own marker: a rerun skips the
+pieces (and segments) that finished, and a changed rule reruns only the segments from its own on.
+
+Shuffle stages (duplicate ids, exact and fuzzy dedup) read only the small columns they declare,
+from every piece, and return decisions (which rows to reject, and why). The decisions are applied
+to the texts by one streaming pass over the pieces, which writes the run's final kept and rejected
+rows, one file per piece, in input order.
 """
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-import xxhash
 
-from pipeline.config import SluiceConfig
-from pipeline.ledger import StageCount, StageResult, combine, split
-from pipeline.rundir import RunDir
-from pipeline.schema import DOC_SCHEMA
+from pipeline.fingerprint import digest
+from pipeline.ledger import LedgerMismatch, StageCount, StageResult, rejected_rows
+from pipeline.progress import Progress
+from pipeline.readers.pieces import Piece, count_records, read_piece
+from pipeline.rundir import RunDir, atomic_dir, read_marker
+from pipeline.schema import DOC_SCHEMA, KEPT_SCHEMA, REJECTED_SCHEMA, conform
 
 log = logging.getLogger("sluice")
 
-PART_COLUMN = "_part"
-KEPT = "__kept__"
+INGEST = "ingest"
+KEPT_FILE, REJECTED_FILE = "kept.parquet", "rejected.parquet"
+ROW_KEY = ("_piece", "_row", "_file")  # how a shuffle stage's rows point back into their piece
+DECISION_SCHEMA = pa.schema([
+    ("_piece", pa.int32()), ("_row", pa.int32()), ("reason", pa.string()), ("detail", pa.string()),
+    ("duplicate_of", pa.string()), ("duplicate_of_source", pa.string()), ("cluster_id", pa.string())])
+
+
+class PlanError(ValueError):
+    """A plan whose stages cannot run in this order (a stage reads a column no earlier stage adds)."""
+
+
+@dataclass(frozen=True)
+class RowStage:
+    """A row-local stage: a pure function over a batch, the columns it reads and adds, its fingerprint."""
+
+    name: str
+    process: Callable[[pa.Table], StageResult]
+    fingerprint: str
+    reads: frozenset[str] = frozenset({"text"})
+    adds: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ShuffleStage:
+    """A stage that must see every piece: `build(workdir)` maps a dataset of rows to one of decisions."""
+
+    name: str
+    build: Callable[[Path], Callable[[ray.data.Dataset], ray.data.Dataset]]
+    fingerprint: str
+    reads: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Ingest: the first stage of the first segment, turning a piece of an input file into rows."""
+
+    html_extractor: str
+    max_chars: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Row-local stages persisted together per piece (the first segment starts with the reader)."""
+
+    name: str
+    stages: tuple[RowStage, ...]
 
 
 @dataclass
-class StageContext:
-    """What a stage's Ray wiring may use: the config, and its temporary folder for extra artifacts."""
+class Plan:
+    pieces: list[Piece]
+    piece_fingerprints: list[str]  # each piece's identity: file content hash and range
+    reader: Reader
+    segments: list[Segment]
+    shuffles: list[ShuffleStage] = field(default_factory=list)
 
-    name: str
-    config: SluiceConfig
-    run: RunDir
-    workdir: Path
+    def __post_init__(self) -> None:
+        self.check_columns()
 
+    def check_columns(self) -> None:
+        """Fail when the plan is built, not mid-run, if a stage reads what no earlier stage adds."""
+        available = set(DOC_SCHEMA.names)
+        for stage in [s for seg in self.segments for s in seg.stages] + self.shuffles:
+            missing = set(stage.reads) - available
+            if missing:
+                raise PlanError(f"stage {stage.name!r} reads {sorted(missing)}, which no earlier stage adds: "
+                                "enable the stage that adds it or reorder")
+            available |= getattr(stage, "adds", frozenset())
 
-Build = Callable[[ray.data.Dataset, StageContext], ray.data.Dataset]
+    def stage_names(self) -> list[str]:
+        return [INGEST] + [s.name for seg in self.segments for s in seg.stages] + [s.name for s in self.shuffles]
 
+    def segment_fingerprints(self, piece: int) -> list[str]:
+        """Chained: a segment's output depends on everything before it."""
+        out, prev = [], self.piece_fingerprints[piece] + self.reader.fingerprint
+        for seg in self.segments:
+            prev = digest(prev, seg.name, [s.fingerprint for s in seg.stages])
+            out.append(prev)
+        return out
 
-def map_stage(fn: Callable[[pa.Table], StageResult], stage_name: str) -> Build:
-    """Ray wiring for a row-local stage: apply the pure function to every batch."""
-
-    def apply(batch: pa.Table) -> pa.Table:
-        return combine(fn(batch))
-
-    apply.__name__ = stage_name  # Ray Data names the operator after it, so the dashboard shows stages
-
-    def build(ds: ray.data.Dataset, ctx: StageContext) -> ray.data.Dataset:
-        return ds.map_batches(apply, batch_format="pyarrow")
-
-    return build
-
-
-def partition_of(ids: pa.Array | pa.ChunkedArray, partitions: int) -> pa.Array:
-    return pa.array([xxhash.xxh64_intdigest(i.encode()) % partitions for i in ids.to_pylist()], pa.int32())
-
-
-def sort_rows(table: pa.Table) -> pa.Table:
-    return table.sort_by([("source", "ascending"), ("id", "ascending"), ("text", "ascending")])
-
-
-def write_part(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    def shuffle_fingerprints(self) -> list[str]:
+        out, prev = [], digest([self.segment_fingerprints(i)[-1] for i in range(len(self.pieces))])
+        for s in self.shuffles:
+            prev = digest(prev, s.name, s.fingerprint)
+            out.append(prev)
+        return out
 
 
-def _write_partitions(ds: ray.data.Dataset, workdir: Path, partitions: int) -> dict[str, int]:
-    """Write kept/ and rejected/ as `partitions` sorted files each; return row counts by reason."""
-
-    def tag(batch: pa.Table) -> pa.Table:
-        return batch.append_column(PART_COLUMN, partition_of(batch["id"], partitions))
-
-    def write_group(group: pa.Table) -> pa.Table:
-        part = group[PART_COLUMN][0].as_py()
-        result = split(sort_rows(group.drop_columns([PART_COLUMN])))
-        write_part(result.kept, workdir / "kept" / f"part-{part:05d}.parquet")
-        if result.rejected.num_rows:
-            write_part(result.rejected, workdir / "rejected" / f"part-{part:05d}.parquet")
-        reasons = Counter(result.rejected["reason"].to_pylist())
-        reasons[KEPT] = result.kept.num_rows
-        return pa.table({"reason": list(reasons), "n": list(reasons.values())})
-
-    counts: Counter[str] = Counter()
-    tagged = ds.map_batches(tag, batch_format="pyarrow")
-    groups = tagged.groupby(PART_COLUMN, num_partitions=partitions)
-    for row in groups.map_groups(write_group, batch_format="pyarrow").iter_rows():
-        counts[row["reason"]] += row["n"]
-    return dict(counts)
+# ---------------------------------------------------------------------------------------------
+# the row-local pass, one Ray task per piece
 
 
-def read_stage(run: RunDir, name: str) -> ray.data.Dataset:
-    """The kept rows of a finished stage, as the next stage's input."""
-    files = sorted(str(p) for p in (run.stage_path(name) / "kept").glob("*.parquet"))
-    if not files:
-        return ray.data.from_arrow(DOC_SCHEMA.empty_table())
-    return ray.data.read_parquet(files)
+class _Counts:
+    """Per-stage counts of one segment over one piece."""
+
+    def __init__(self, names: list[str]):
+        self.inputs = Counter({n: 0 for n in names})
+        self.kept = Counter({n: 0 for n in names})
+        self.reasons: dict[str, Counter[str]] = {n: Counter() for n in names}
+
+    def add(self, name: str, result: StageResult, inputs: int) -> None:
+        self.inputs[name] += inputs
+        self.kept[name] += result.kept.num_rows
+        self.reasons[name].update(result.rejected["reason"].to_pylist())
+
+    def lines(self) -> list[StageCount]:
+        return [StageCount.of(n, self.inputs[n], self.kept[n], dict(self.reasons[n])) for n in self.inputs]
 
 
-def run_stage(
-    run: RunDir,
-    name: str,
-    fingerprint: str,
-    build: Build,
-    upstream: Callable[[], ray.data.Dataset],
-    config: SluiceConfig,
-    expected_inputs: int | None,
-) -> StageCount:
-    """Run (or skip) one stage and return its reconciled count."""
-    done = run.finished(name, fingerprint)
+def _reader_batches(piece: Piece, reader: Reader) -> Iterator[StageResult]:
+    """Ingest's batches; its count is checked against the records counted without parsing."""
+    expected, seen = count_records(piece), 0
+    for result in read_piece(piece, reader.html_extractor, reader.max_chars):
+        seen += result.kept.num_rows + result.rejected.num_rows
+        yield result
+    if seen != expected:
+        raise LedgerMismatch(f"ingest of {piece.file.path} (piece {piece.index}, bytes {piece.start}-"
+                             f"{piece.end or 'end'}): the reader returned {seen} records but the file holds {expected}")
+
+
+def _kept_batches(path: Path) -> Iterator[StageResult]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=2048):
+        yield StageResult(kept=pa.Table.from_batches([batch]), rejected=REJECTED_SCHEMA.empty_table())
+
+
+def _write_segment(batches: Iterator[StageResult], lead: str | None, stages: tuple[RowStage, ...],
+                   folder: Path) -> list[StageCount]:
+    """Run the stages over every batch, streaming kept and rejected rows to the segment's files.
+
+    `lead` names the stage that produced the batches (ingest), whose own rejections count too.
+    """
+    counts = _Counts(([lead] if lead else []) + [s.name for s in stages])
+    writers: dict[str, pq.ParquetWriter] = {}
+
+    def write(name: str, table: pa.Table) -> None:
+        if name not in writers:
+            writers[name] = pq.ParquetWriter(folder / name, table.schema, compression="zstd")
+        writers[name].write_table(table)
+
+    try:
+        for result in batches:
+            if lead:
+                counts.add(lead, result, result.kept.num_rows + result.rejected.num_rows)
+            rejected, kept = [result.rejected], result.kept
+            for stage in stages:
+                out = stage.process(kept)
+                counts.add(stage.name, out, kept.num_rows)
+                rejected.append(out.rejected)
+                kept = out.kept
+            write(KEPT_FILE, conform(kept, KEPT_SCHEMA))
+            write(REJECTED_FILE, pa.concat_tables(rejected))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for name, schema in ((KEPT_FILE, KEPT_SCHEMA), (REJECTED_FILE, REJECTED_SCHEMA)):
+        if name not in writers:
+            pq.write_table(schema.empty_table(), folder / name, compression="zstd")
+    return counts.lines()
+
+
+@ray.remote(num_cpus=1)
+def _run_piece(root: str, plan: Plan, index: int) -> list[dict]:
+    """Every segment of one piece (skipping finished ones); returns the per-stage counts."""
+    run, piece = RunDir(root), plan.pieces[index]
+    lines: list[dict] = []
+    previous: Path | None = None
+    for segment, fingerprint in zip(plan.segments, plan.segment_fingerprints(index)):
+        folder = run.segment_piece(segment.name, index)
+        done = read_marker(folder, fingerprint)
+        if done is None:
+            marker: dict = {}
+            with atomic_dir(folder, marker) as tmp:
+                if previous is None:
+                    batches, lead = _reader_batches(piece, plan.reader), INGEST
+                else:
+                    batches, lead = _kept_batches(previous / KEPT_FILE), None
+                counts = _write_segment(batches, lead, segment.stages, tmp)
+                marker.update(fingerprint=fingerprint, counts=[c.model_dump(by_alias=True) for c in counts])
+            done = marker
+        lines += done["counts"]
+        previous = folder
+    return lines
+
+
+def run_row_local(run: RunDir, plan: Plan, max_in_flight: int) -> list[StageCount]:
+    """The fused row-local pass over every piece; returns each stage's count summed over pieces."""
+    progress = Progress("row-local stages", total_items=len(plan.pieces),
+                        total_bytes=sum(_piece_bytes(p) for p in plan.pieces))
+    ref = ray.put(plan)
+    pending, started, totals = [], 0, {}
+    while started < len(plan.pieces) or pending:
+        while started < len(plan.pieces) and len(pending) < max_in_flight:
+            pending.append((_run_piece.remote(str(run.root), ref, started), plan.pieces[started]))
+            started += 1
+        ready, _ = ray.wait([p[0] for p in pending], num_returns=1)
+        piece = next(p for r, p in pending if r == ready[0])
+        pending = [p for p in pending if p[0] != ready[0]]
+        for line in ray.get(ready[0]):
+            count = StageCount.model_validate(line)
+            totals[count.stage] = totals[count.stage] + count if count.stage in totals else count
+        progress.advance(1, _piece_bytes(piece))
+    progress.close()
+    row_local = plan.stage_names()[: 1 + sum(len(s.stages) for s in plan.segments)]
+    return [totals.get(name, StageCount.of(name, 0, 0, {})) for name in row_local]
+
+
+def _piece_bytes(piece: Piece) -> int:
+    """Bytes of input a piece covers, for progress (a Parquet file counts once, at its first piece)."""
+    size = os.path.getsize(piece.file.path)
+    if piece.file.format == "parquet":
+        return size if piece.start == 0 else 0
+    return max(0, min(size if piece.end is None else piece.end, size) - piece.start)
+
+
+# ---------------------------------------------------------------------------------------------
+# shuffle stages: small columns in, decisions out
+
+
+def _piece_rows(item: dict, root: str, segment: str, columns: list[str], earlier: list[str]) -> pa.Table:
+    """One piece's kept rows (only `columns`) with their row key, minus rows earlier stages rejected."""
+    piece = int(item["piece"][0])
+    path = RunDir(root).segment_piece(segment, piece) / KEPT_FILE
+    table = pq.read_table(path, columns=columns)
+    table = table.append_column("_piece", pa.array([piece] * table.num_rows, pa.int32())) \
+        .append_column("_row", pa.array(range(table.num_rows), pa.int32())) \
+        .append_column("_file", pa.array([str(path)] * table.num_rows, pa.string()))
+    for stage_dir in earlier:
+        decided = RunDir.decisions_file(Path(stage_dir), piece)
+        if decided.is_file():
+            gone = pq.read_table(decided, columns=["_row"])["_row"]
+            table = table.filter(pc.invert(pc.is_in(table["_row"], gone)))
+    return table
+
+
+def piece_rows(run: RunDir, plan: Plan, columns: frozenset[str], earlier: list[Path]) -> ray.data.Dataset:
+    """Every piece's kept rows as a Ray dataset of the declared columns only: texts stay out of
+    shuffles unless a stage reads them, and then only the column, never the whole row."""
+    wanted = [c for c in KEPT_SCHEMA.names if c in columns]
+    items = ray.data.from_items([{"piece": i} for i in range(len(plan.pieces))],
+                                override_num_blocks=max(1, len(plan.pieces)))
+    return items.map_batches(_piece_rows, batch_size=1, batch_format="numpy", fn_kwargs={
+        "root": str(run.root), "segment": plan.segments[-1].name, "columns": wanted,
+        "earlier": [str(e) for e in earlier]})
+
+
+def _write_decisions(group: pa.Table, folder: str) -> pa.Table:
+    piece = int(group["_piece"][0].as_py())
+    table = conform(group, DECISION_SCHEMA, extras=None).sort_by("_row")
+    target = RunDir.decisions_file(Path(folder), piece)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, target, compression="zstd")
+    reasons = Counter(table["reason"].to_pylist())
+    return pa.table({"reason": list(reasons), "n": list(reasons.values())})
+
+
+def run_shuffle(run: RunDir, plan: Plan, index: int, inputs: int) -> StageCount:
+    """Run (or skip) shuffle stage `index`: decisions per piece under stages/<name>/decisions/."""
+    stage = plan.shuffles[index]
+    fingerprint = plan.shuffle_fingerprints()[index]
+    folder = run.stage_path(stage.name)
+    done = read_marker(folder, fingerprint)
     if done:
-        log.info("stage %s: finished earlier, skipped", name)
-        return StageCount.from_dict(done["count"])
-    workdir = run.begin(name)
-    ctx = StageContext(name=name, config=config, run=run, workdir=workdir)
-    output = build(upstream(), ctx)
-    if expected_inputs == 0:  # nothing to write, but the stage's side artifacts (indexes) still are
-        output.materialize()
-        counts = {}
-    else:
-        counts = _write_partitions(output, workdir, config.output.partitions)
-    kept = counts.pop(KEPT, 0)
-    total = kept + sum(counts.values())
-    count = StageCount(stage=name, inputs=total if expected_inputs is None else expected_inputs,
-                       kept=kept, rejected=counts)
-    count.check()
-    run.commit(name, workdir, {"fingerprint": fingerprint, "count": count.to_dict()})
-    log.info("stage %s: %d in, %d kept, %d rejected", name, count.inputs, kept, count.rejected_total)
+        log.info("stage %s: finished earlier, skipped", stage.name)
+        return StageCount.model_validate(done["count"])
+    earlier = [run.stage_path(s.name) for s in plan.shuffles[:index]]
+    marker: dict = {}
+    with atomic_dir(folder, marker) as tmp:
+        rows = piece_rows(run, plan, stage.reads | {"source", "id"}, earlier)
+        decisions = stage.build(tmp)(rows).materialize()
+        reasons: Counter[str] = Counter()
+        if decisions.count():
+            written = decisions.groupby("_piece").map_groups(_write_decisions, fn_kwargs={"folder": str(tmp)},
+                                                             batch_format="pyarrow")
+            for row in written.iter_rows():
+                reasons[row["reason"]] += row["n"]
+        count = StageCount.of(stage.name, inputs, inputs - sum(reasons.values()), dict(reasons))
+        count.check()
+        marker.update(fingerprint=fingerprint, count=count.model_dump(by_alias=True))
+    log.info("stage %s: %d in, %d kept, %d rejected", stage.name, count.inputs, count.kept, count.rejected)
     return count
+
+
+# ---------------------------------------------------------------------------------------------
+# applying the decisions: the run's final rows
+
+
+@ray.remote(num_cpus=1)
+def _apply(root: str, plan: Plan, index: int, folder: str) -> None:
+    run = RunDir(root)
+    kept = pq.read_table(run.segment_piece(plan.segments[-1].name, index) / KEPT_FILE)
+    rejected = [pq.read_table(run.segment_piece(seg.name, index) / REJECTED_FILE) for seg in plan.segments]
+    dropped = pa.array([], pa.int32())
+    for stage in plan.shuffles:
+        decided = RunDir.decisions_file(run.stage_path(stage.name), index)
+        if not decided.is_file():
+            continue
+        d = pq.read_table(decided)
+        rows = kept.take(d["_row"])
+        rejected.append(rejected_rows(rows, stage.name, d["reason"], d["detail"], d["duplicate_of"],
+                                      d["cluster_id"], d["duplicate_of_source"]))
+        dropped = pa.concat_arrays([dropped, d["_row"].combine_chunks()])
+    mask = pc.invert(pc.is_in(pa.array(range(kept.num_rows), pa.int32()), dropped))
+    out = Path(folder)
+    pq.write_table(kept.filter(mask), RunDir.part_file(out / "kept", index), compression="zstd")
+    pq.write_table(conform(pa.concat_tables(rejected), REJECTED_SCHEMA, extras=None),
+                   RunDir.part_file(out / "rejected", index), compression="zstd")
+
+
+def run_final(run: RunDir, plan: Plan, max_in_flight: int) -> None:
+    """stages/final: the decisions applied to every piece (skipped when finished), then published."""
+    fingerprint = digest(plan.shuffle_fingerprints(), [plan.segment_fingerprints(i)[-1] for i in
+                                                       range(len(plan.pieces))])
+    if read_marker(run.final, fingerprint) is None:
+        marker: dict = {"fingerprint": fingerprint}
+        with atomic_dir(run.final, marker) as tmp:
+            (tmp / "kept").mkdir()
+            (tmp / "rejected").mkdir()
+            ref, pending = ray.put(plan), []
+            for i in range(len(plan.pieces)):
+                if len(pending) >= max_in_flight:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    ray.get(done)
+                pending.append(_apply.remote(str(run.root), ref, i, str(tmp)))
+            ray.get(pending)
+    run.publish()

@@ -4,12 +4,15 @@ All of it is vectorised with Arrow compute kernels over the whole batch.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import CleanConfig
+from pipeline.fingerprint import code_digest, digest
 from pipeline.ledger import StageResult, rejected_rows
-from pipeline.stage import Build, map_stage
+from pipeline.stage import RowStage
 
 STAGE = "clean"
 # C0/C1 controls except tab and newline, plus zero-width and BOM characters.
@@ -39,5 +42,5 @@ def process(batch: pa.Table, cfg: CleanConfig) -> StageResult:
     )
 
 
-def build(cfg: CleanConfig, name: str = STAGE) -> Build:
-    return map_stage(lambda b: process(b, cfg), name)
+def build(cfg: CleanConfig) -> RowStage:
+    return RowStage(STAGE, partial(process, cfg=cfg), digest(cfg, code_digest(__name__)))

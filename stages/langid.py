@@ -4,20 +4,25 @@ The fastText model is loaded once per worker process (see `quality.langid`), not
 """
 from __future__ import annotations
 
+from functools import partial
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import LangIdConfig
+from pipeline.fingerprint import code_digest, digest
 from pipeline.ledger import StageResult, rejected_rows
-from pipeline.stage import Build, map_stage
+from pipeline.rundir import file_digest
+from pipeline.stage import RowStage
 from quality.langid import model_path, predict
 
 STAGE = "langid"
 
 
-def process(batch: pa.Table, cfg: LangIdConfig, stage: str = STAGE) -> StageResult:
+def process(batch: pa.Table, cfg: LangIdConfig) -> StageResult:
     langs, scores = predict(batch["text"].to_pylist(), cfg.model)
-    tagged = batch.append_column("lang", pa.array(langs, pa.string())) \
+    tagged = batch.drop_columns([c for c in ("lang", "lang_score") if c in batch.column_names]) \
+        .append_column("lang", pa.array(langs, pa.string())) \
         .append_column("lang_score", pa.array(scores, pa.float64()))
     ok = pc.greater_equal(tagged["lang_score"], cfg.min_score)
     if cfg.allow is not None:
@@ -25,10 +30,14 @@ def process(batch: pa.Table, cfg: LangIdConfig, stage: str = STAGE) -> StageResu
     rejected = tagged.filter(pc.invert(ok))
     detail = [f"lang={lang} score={score:.3f}" for lang, score in
               zip(rejected["lang"].to_pylist(), rejected["lang_score"].to_pylist())]
-    return StageResult(kept=tagged.filter(ok), rejected=rejected_rows(rejected, stage, "language", detail))
+    return StageResult(kept=tagged.filter(ok), rejected=rejected_rows(rejected, STAGE, "language", detail))
 
 
-def build(cfg: LangIdConfig, name: str = STAGE) -> Build:
-    """Resolve the model path now, so a missing model stops the run before any Ray work."""
-    cfg = cfg.model_copy(update={"model": str(model_path(cfg.model))})
-    return map_stage(lambda b: process(b, cfg, name), name)
+def build(cfg: LangIdConfig) -> RowStage:
+    """Resolve the model now, so a missing model stops the run before any Ray work; its bytes,
+    not its path, go into the fingerprint."""
+    path = model_path(cfg.model)
+    cfg = cfg.model_copy(update={"model": str(path)})
+    return RowStage(STAGE, partial(process, cfg=cfg),
+                    digest(cfg.model_dump(exclude={"model"}), file_digest(path), code_digest(__name__, "quality.langid")),
+                    adds=frozenset({"lang", "lang_score"}))

@@ -5,12 +5,15 @@ column per active rule, `signal.<rule name>`, on every batch, so all batches sha
 """
 from __future__ import annotations
 
+from functools import partial
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import RulesConfig
+from pipeline.fingerprint import code_digest, digest
 from pipeline.ledger import StageResult, rejected_rows
-from pipeline.stage import Build, map_stage
+from pipeline.stage import RowStage
 from quality.rules import SIGNAL_PREFIX, active_rules, evaluate
 
 STAGE = "rules"
@@ -18,15 +21,15 @@ STAGE = "rules"
 
 def applies(batch: pa.Table, cfg: RulesConfig) -> pa.ChunkedArray | pa.Array:
     """Rows the rules judge: Gopher and C4 are calibrated on English, so other languages pass unjudged."""
-    if cfg.languages is None or "lang" not in batch.column_names:
+    if cfg.languages is None:
         return pa.array([True] * batch.num_rows)
     return pc.fill_null(pc.is_in(batch["lang"], pa.array(cfg.languages, pa.string())), False)
 
 
-def process(batch: pa.Table, cfg: RulesConfig, stage: str = STAGE) -> StageResult:
+def process(batch: pa.Table, cfg: RulesConfig) -> StageResult:
     judged = applies(batch, cfg)
     if not cfg.signals_only and not pc.all(judged).as_py():
-        inner = process(batch.filter(judged), cfg, stage)
+        inner = process(batch.filter(judged), cfg)
         return StageResult(kept=pa.concat_tables([inner.kept, batch.filter(pc.invert(judged))]),
                            rejected=inner.rejected)
     result = evaluate(batch["text"], cfg)
@@ -34,19 +37,21 @@ def process(batch: pa.Table, cfg: RulesConfig, stage: str = STAGE) -> StageResul
         for name in result.signals.columns:
             batch = batch.append_column(pa.field(SIGNAL_PREFIX + name, pa.float64()),
                                         result.signals[name].to_arrow().cast(pa.float64()))
-        return StageResult(kept=batch, rejected=rejected_rows(batch.slice(0, 0), stage, "none"))
+        return StageResult(kept=batch, rejected=rejected_rows(batch.slice(0, 0), STAGE, "none"))
     text = result.text.to_arrow().cast(pa.large_string())
     cleaned = batch.set_column(batch.schema.get_field_index("text"), "text", text)
     reasons = result.reason.to_arrow()
     failed = pc.is_valid(reasons)
     return StageResult(  # rejected rows keep their original text, so the report shows what was judged
         kept=cleaned.filter(pc.invert(failed)),
-        rejected=rejected_rows(batch.filter(failed), stage, reasons.filter(failed),
+        rejected=rejected_rows(batch.filter(failed), STAGE, reasons.filter(failed),
                                result.detail.to_arrow().filter(failed)),
     )
 
 
-def build(cfg: RulesConfig, name: str = STAGE) -> Build:
+def build(cfg: RulesConfig) -> RowStage:
     """Check rule names and parameters now, so a typo stops the run before any Ray work."""
     active_rules(cfg)
-    return map_stage(lambda b: process(b, cfg, name), name)
+    reads = {"text"} | ({"lang"} if cfg.languages is not None else set())
+    return RowStage(STAGE, partial(process, cfg=cfg), digest(cfg, code_digest(__name__, "quality.rules")),
+                    reads=frozenset(reads))

@@ -13,7 +13,9 @@ from rich.table import Table
 
 from pipeline.config import ConfigError, SluiceConfig, load_config
 from pipeline.readers import InputError
-from pipeline.summary import load_summary
+from pipeline.rundir import RunLocked
+from pipeline.stage import PlanError
+from pipeline.summary import RunSummary, load_summary
 
 app = typer.Typer(help="Sluice: raw text to a trained Mixture-of-Experts model.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -38,17 +40,17 @@ def _load(config: Optional[Path], **overrides) -> SluiceConfig:
         _fail(str(err))
 
 
-def print_summary(summary: dict, title: str = "Ledger") -> None:
+def print_summary(summary: RunSummary, title: str = "Ledger") -> None:
     table = Table(title=title)
     for col, justify in [("stage", "left"), ("in", "right"), ("kept", "right"), ("rejected", "right"),
                          ("rejected by reason", "left")]:
         table.add_column(col, justify=justify)
-    for s in summary["stages"]:
-        reasons = ", ".join(f"{k} {v}" for k, v in s["rejected_by_reason"].items())
-        table.add_row(s["stage"], str(s["in"]), str(s["kept"]), str(s["rejected"]), reasons)
+    for s in summary.stages:
+        reasons = ", ".join(f"{k} {v}" for k, v in s.rejected_by_reason.items())
+        table.add_row(s.stage, str(s.inputs), str(s.kept), str(s.rejected), reasons)
     console.print(table)
-    ok = "[green]reconciled[/]" if summary["inputs"] == summary["kept"] + summary["rejected"] else "[red]MISMATCH[/]"
-    console.print(f"inputs {summary['inputs']} = kept {summary['kept']} + rejected {summary['rejected']}: {ok}")
+    ok = "[green]reconciled[/]" if summary.inputs == summary.kept + summary.rejected else "[red]MISMATCH[/]"
+    console.print(f"inputs {summary.inputs} = kept {summary.kept} + rejected {summary.rejected}: {ok}")
 
 
 @app.callback()
@@ -84,7 +86,7 @@ def _run_pipeline(cfg: SluiceConfig) -> dict:
     try:
         start_ray(cfg.ray)
         result = pipeline_flow(cfg)
-    except (InputError, ConfigError) as err:
+    except (InputError, ConfigError, RunLocked, PlanError) as err:
         _fail(str(err))
     print_summary(result["summary"])
     out = Path(cfg.out).resolve()

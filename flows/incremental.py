@@ -9,11 +9,8 @@ everything kept before it, so a near copy of a document curated last week is rej
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 from pathlib import Path
-from typing import Iterator
 
 from prefect import flow
 
@@ -22,6 +19,7 @@ from flows.train import train_flow
 from pipeline.config import SluiceConfig, load_config
 from pipeline.incremental import IncrementalState
 from pipeline.readers import expand_inputs
+from pipeline.rundir import RunDir, RunLocked
 from stages.tokenize import append_shards
 
 log = logging.getLogger("sluice")
@@ -36,29 +34,17 @@ def batch_config(cfg: SluiceConfig, batch_dir: Path, previous: Path | None) -> S
     return SluiceConfig.model_validate(data)
 
 
-@contextlib.contextmanager
-def exclusive(root: Path) -> Iterator[bool]:
-    """Whether this process holds the run root: two runs must never curate into one root at once."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-
-
 @flow(name="sluice-incremental")
 def incremental_flow(config_path: str) -> dict:
     """One scheduled run: returns the batch's ledger summary, or {} when no input file is new."""
     cfg = load_config(config_path)
     root = Path(cfg.out)
-    with exclusive(root) as mine:
-        if not mine:
-            log.warning("incremental: another run holds %s; skipping this one", root)
-            return {}
-        return _run_batch(cfg, root)
+    try:
+        with RunDir(root).lock():
+            return _run_batch(cfg, root)
+    except RunLocked as err:
+        log.warning("incremental: %s; skipping this one", err)
+        return {}
 
 
 def _run_batch(cfg: SluiceConfig, root: Path) -> dict:
@@ -69,7 +55,8 @@ def _run_batch(cfg: SluiceConfig, root: Path) -> dict:
         return {}
     batch_dir = state.next_batch_dir()
     log.info("incremental: batch %s with %d new files", batch_dir.name, len(new))
-    summary = curate(batch_config(cfg, batch_dir, state.last_batch_dir), only=[f.path for f in new])
+    summary = curate(batch_config(cfg, batch_dir, state.last_batch_dir),
+                     only=[f.path for f in new]).model_dump(by_alias=True)
     if cfg.tokenize.enabled and summary["kept"]:
         manifest = append_shards(batch_dir, root / "shards", cfg)
         summary["manifest_version"] = manifest["version"]

@@ -11,16 +11,18 @@ from flows.curate import curate
 from flows.tokenize import tokenize_flow
 from flows.train import train_flow
 from pipeline.config import SluiceConfig
+from pipeline.rundir import RunDir
 from quality.report import write_report
 
 
 @flow(name="sluice-pipeline")
 def pipeline_flow(cfg: SluiceConfig) -> dict:
     """Returns the curate summary, plus the shard folder and final training metrics when those ran."""
-    result = {"summary": curate(cfg)}
-    if cfg.tokenize.enabled and result["summary"]["kept"]:
-        result["shards"] = tokenize_flow(cfg, cfg.out)
-        if cfg.train.enabled:
-            result["train"] = train_flow(cfg, result["shards"], cfg.out)
-        write_report(cfg.out)  # again, now with the shards' token counts
+    with RunDir(cfg.out).lock():
+        result = {"summary": curate(cfg)}
+        if cfg.tokenize.enabled and result["summary"].kept:
+            result["shards"] = tokenize_flow(cfg, cfg.out)
+            if cfg.train.enabled:
+                result["train"] = train_flow(cfg, result["shards"], cfg.out)
+            write_report(cfg.out)  # again, now with the shards' token counts
     return result

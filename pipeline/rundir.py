@@ -25,6 +25,8 @@ from typing import Iterator
 
 import xxhash
 
+from pipeline import chaos
+
 MARKER = "_SUCCESS.json"
 PIECE_FILE = "piece-{:05d}.parquet"
 PART_FILE = "part-{:05d}.parquet"
@@ -62,6 +64,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    chaos.reached("write.before_rename")
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -98,9 +101,12 @@ def atomic_dir(final: Path, marker: dict | None = None) -> Iterator[Path]:
     try:
         yield tmp
         fsync_tree(tmp)
+        chaos.reached("dir.before_marker")
         if marker is not None:
             atomic_write_json(tmp / MARKER, marker)
+        chaos.reached("dir.before_rename")
         replace_dir(tmp, final)
+        chaos.reached("dir.after_rename")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

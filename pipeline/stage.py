@@ -196,6 +196,17 @@ def _write_segment(batches: Iterator[StageResult], lead: str | None, stages: tup
     return counts.lines()
 
 
+def _finished_counts(run: RunDir, plan: Plan, index: int) -> list[dict] | None:
+    """A piece's counts when every segment of it finished with today's fingerprints, else None."""
+    lines = []
+    for segment, fingerprint in zip(plan.segments, plan.segment_fingerprints(index)):
+        done = read_marker(run.segment_piece(segment.name, index), fingerprint)
+        if done is None:
+            return None
+        lines += done["counts"]
+    return lines
+
+
 @ray.remote(num_cpus=1)
 def _run_piece(root: str, plan: Plan, index: int) -> list[dict]:
     """Every segment of one piece (skipping finished ones); returns the per-stage counts."""
@@ -221,22 +232,38 @@ def _run_piece(root: str, plan: Plan, index: int) -> list[dict]:
 
 
 def run_row_local(run: RunDir, plan: Plan, max_in_flight: int) -> list[StageCount]:
-    """The fused row-local pass over every piece; returns each stage's count summed over pieces."""
-    progress = Progress("row-local stages", total_items=len(plan.pieces),
-                        total_bytes=sum(_piece_bytes(p) for p in plan.pieces))
-    ref = ray.put(plan)
-    pending, started, totals = [], 0, {}
-    while started < len(plan.pieces) or pending:
-        while started < len(plan.pieces) and len(pending) < max_in_flight:
-            pending.append((_run_piece.remote(str(run.root), ref, started), plan.pieces[started]))
-            started += 1
-        ready, _ = ray.wait([p[0] for p in pending], num_returns=1)
-        piece = next(p for r, p in pending if r == ready[0])
-        pending = [p for p in pending if p[0] != ready[0]]
-        for line in ray.get(ready[0]):
+    """The fused row-local pass over every piece; returns each stage's count summed over pieces.
+
+    Pieces that finished earlier are counted from their markers without a task; the rest run as
+    Ray tasks, at most `max_in_flight` at a time, so memory stays flat however many pieces there are.
+    """
+    totals: dict[str, StageCount] = {}
+
+    def add(lines: list[dict]) -> None:
+        for line in lines:
             count = StageCount.model_validate(line)
             totals[count.stage] = totals[count.stage] + count if count.stage in totals else count
-        progress.advance(1, _piece_bytes(piece))
+
+    todo = []
+    for i in range(len(plan.pieces)):
+        lines = _finished_counts(run, plan, i)
+        if lines is None:
+            todo.append(i)
+        else:
+            add(lines)
+    if len(todo) < len(plan.pieces):
+        log.info("row-local stages: %d of %d pieces finished earlier, skipped",
+                 len(plan.pieces) - len(todo), len(plan.pieces))
+    progress = Progress("row-local stages", total_items=len(todo),
+                        total_bytes=sum(_piece_bytes(plan.pieces[i]) for i in todo))
+    ref, pending = ray.put(plan), {}
+    for i in todo + [None] * max_in_flight:
+        if i is not None:
+            pending[_run_piece.remote(str(run.root), ref, i)] = i
+        if pending and (i is None or len(pending) >= max_in_flight):
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            add(ray.get(ready[0]))
+            progress.advance(1, _piece_bytes(plan.pieces[pending.pop(ready[0])]))
     progress.close()
     row_local = plan.stage_names()[: 1 + sum(len(s.stages) for s in plan.segments)]
     return [totals.get(name, StageCount.of(name, 0, 0, {})) for name in row_local]

@@ -53,7 +53,7 @@ def test_missing_path_stops_before_any_work(tmp_path):
 def test_bad_input_matrix_loses_nothing(bad_inputs, tmp_path, ray_cluster, prefect_harness):
     out = tmp_path / "run"
     summary = run_curate(config([{"path": str(bad_inputs)}], out))
-    assert summary["inputs"] == summary["kept"] + summary["rejected"]
+    assert summary.inputs == summary.kept + summary.rejected
     reasons = {k: v[0] for k, v in ledger(out).items()}
     assert reasons["empty"] == "empty" and reasons["huge"] == "too_long"
     assert "malformed_json" in reasons.values() and "missing_text" in reasons.values()
@@ -75,8 +75,9 @@ def test_a_run_that_rejects_everything_still_reconciles(tmp_path, ray_cluster, p
     cfg = config([{"path": str(tmp_path / "blank.jsonl")}], tmp_path / "run")
     cfg["dedup"] = {"fuzzy": {"enabled": True}}
     summary = run_curate(cfg)
-    assert (summary["inputs"], summary["kept"], summary["rejected_by_reason"]) == (3, 0, {"empty": 3})
-    assert [s["in"] for s in summary["stages"]] == [3, 3, 0, 0]
+    assert (summary.inputs, summary.kept, summary.rejected_by_reason) == (3, 0, {"empty": 3})
+    assert [(s.stage, s.inputs) for s in summary.stages] == [
+        ("ingest", 3), ("clean", 3), ("duplicate_ids", 0), ("exact_dedup", 0), ("fuzzy_dedup", 0)]
 
 
 def _shared_inputs(shared: Path) -> list[dict]:
@@ -97,7 +98,7 @@ def test_block_size_does_not_change_output(shared_data, tmp_path, ray_cluster, p
         digests.append(tree_digest(tmp_path / f"run{i}"))
     assert digests[0] == digests[1] and len(digests[0]) >= 5
     summary = load_summary(tmp_path / "run0")
-    assert summary["rejected_by_reason"]["exact_duplicate"] >= 403  # the SMS set's repeated copies
+    assert summary.rejected_by_reason["exact_duplicate"] >= 403  # the SMS set's repeated copies
 
 
 def test_killed_run_resumes_on_one_cpu_and_matches(shared_data, tmp_path, ray_cluster, prefect_harness):
@@ -112,19 +113,37 @@ def test_killed_run_resumes_on_one_cpu_and_matches(shared_data, tmp_path, ray_cl
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = out / "stages" / "ingest" / "_SUCCESS.json"
+    marker = out / "pieces" / "read" / "piece-00000" / "_SUCCESS.json"
     deadline = time.monotonic() + 240
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert marker.exists(), "the run never finished its first stage"
+    assert marker.exists(), "the run never finished its first piece"
     assert not (out / "summary.json").exists(), "the run finished before it could be killed"
     ingest_marker = marker.read_bytes()
 
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert marker.read_bytes() == ingest_marker  # the finished stage was skipped, not redone
+    assert marker.read_bytes() == ingest_marker  # the finished piece was skipped, not redone
     assert "skipped" in done.stdout + done.stderr
     assert tree_digest(out) == tree_digest(reference)
     assert load_summary(out) == load_summary(reference)
+
+
+def test_a_changed_rule_reruns_from_the_rules_on_and_skips_ingest_and_clean(tmp_path, ray_cluster, prefect_harness):
+    text = ("The river runs past the old mill and the small town, where the people gather every morning to "
+            "talk about the weather, the harvest and the news from the city. It is a quiet place to live in "
+            "the summer, and the children swim in the clear water near the bridge while their parents work. "
+            "In the evening the whole village walks along the bank and watches the sun go down over the hills.")
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": f"{text} Day {i}."}) + "\n"
+                                              for i in range(40)))
+    cfg = config([{"path": str(tmp_path / "a.jsonl")}], tmp_path / "run",
+                 quality={"langid": {"enabled": True}, "rules": {"enabled": True}})
+    run_curate(cfg)
+    markers = {p: p.read_bytes() for p in (tmp_path / "run").rglob("_SUCCESS.json")}
+    cfg["quality"]["rules"]["params"] = {"gopher.word_count.min": 10_000}  # every document now too short
+    summary = run_curate(cfg)
+    assert summary.rejected_by_reason == {"gopher.word_count": 40}
+    changed = {p.relative_to(tmp_path / "run").parts[:2] for p, old in markers.items() if p.read_bytes() != old}
+    assert changed == {("pieces", "judge"), ("stages", "duplicate_ids"), ("stages", "exact_dedup"), ("stages", "final")}

@@ -6,7 +6,9 @@ with SIGKILL at several points and resumed, and must end byte-identical to the r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from pipeline import chaos
 from pipeline.config import parse_config
 from pipeline.summary import load_summary
 
@@ -33,6 +36,7 @@ def pipeline_config(shared: Path, out: Path, **extra) -> dict:
                    {"path": str(shared / "warc-samples" / "*.warc.gz"), "source": "warc"},
                    {"path": str(shared / "sms-spam" / "SMSSpamCollection.tsv"), "text_field": "SMS", "id_field": None}],
         "output": {"partitions": 4},
+        "ingest": {"piece_bytes": 256 * 1024},  # several pieces per large file, so the chaos has places to hit
         "tokenize": {"vocab_size": 2000, "train_sample_docs": 2000},
         "shard": {"tokens_per_shard": 100_000},
         **extra,
@@ -55,8 +59,8 @@ def reference(shared_data, tmp_path_factory, ray_cluster, prefect_harness) -> Pa
 
 def test_full_pipeline_loses_nothing(reference):
     summary = load_summary(reference)
-    assert summary["inputs"] == summary["kept"] + summary["rejected"] > 6000
-    reasons = summary["rejected_by_reason"]
+    assert summary.inputs == summary.kept + summary.rejected > 6000
+    reasons = summary.rejected_by_reason
     assert reasons["exact_duplicate"] > 0 and reasons["warc_no_body"] > 0 and reasons["near_duplicate"] > 0
     assert any(r.startswith(("gopher", "c4", "fineweb")) for r in reasons)
     assert (reference / "shards" / "manifest.json").is_file()
@@ -69,40 +73,36 @@ def test_bad_input_matrix_through_the_full_pipeline_loses_nothing(bad_inputs, tm
            "tokenize": {"vocab_size": 300}}
     summary = pipeline_flow(parse_config(cfg))["summary"]
     rejected = pq.read_table(tmp_path / "run" / "rejected")
-    assert summary["inputs"] == summary["kept"] + rejected.num_rows
+    assert summary.inputs == summary.kept + rejected.num_rows
     assert pc.all(pc.is_valid(rejected["reason"])).as_py() and pc.all(pc.is_valid(rejected["stage"])).as_py()
     assert {"malformed_json", "missing_text", "truncated", "empty", "too_long"} <= set(rejected["reason"].to_pylist())
 
 
-def run_until(cmd: list[str], env: dict, appears, timeout: float = 300) -> bool:
-    """Run the CLI; SIGKILL its whole process group as soon as `appears()` is true. Whether it was killed."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and not appears():
-        assert time.monotonic() < deadline, "the run neither finished nor reached the kill point"
-        time.sleep(0.01)
-    killed = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return killed
+def test_chaos_kills_at_seeded_commit_points_then_resume_is_byte_identical(shared_data, reference, tmp_path):
+    """SIGKILL the whole run (1 CPU) at a seeded list of commit points, each resuming the last; then finish.
 
-
-def test_sigkill_at_several_points_then_resume_is_byte_identical(shared_data, reference, tmp_path):
+    The points cover every place a commit can be cut: a file written but not renamed, a folder
+    fsynced but without its marker, with its marker but not renamed, and renamed just before the
+    caller records it; the n-th occurrence of each (pieces, dedup stages, final rows, shards).
+    """
     out = tmp_path / "killed"
     cfg_file = tmp_path / "one-cpu.yaml"
     cfg_file.write_text(yaml.safe_dump(pipeline_config(shared_data, out, ray={"num_cpus": 1, "dashboard": False})))
     cmd = [sys.executable, "-m", "flows.cli", "run", str(cfg_file)]
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    points = {
-        "during ingest": lambda: any((out / "stages").glob(".ingest.tmp-*")),
-        "in the middle of fuzzy dedup": lambda: any((out / "stages").glob(".fuzzy_dedup.tmp-*/band_index")),
-        "while writing shards": lambda: any(out.glob(".shards.tmp-*/tokenizer.json")),
-    }
-    for point, appears in points.items():
-        assert run_until(cmd, env, appears), f"the run finished before it was killed {point}"
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    rng = random.Random(20261201)
+    kills = [(point, rng.randint(1, 4)) for point in rng.sample(chaos.POINTS, len(chaos.POINTS))]
+    for point, nth in kills:
+        plan = tmp_path / f"chaos-{point}.json"
+        plan.write_text(json.dumps({"point": point, "nth": nth}))
+        env = {**os.environ, "RAY_ADDRESS": "", "SLUICE_CHAOS": str(plan)}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, start_new_session=True, timeout=600,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert proc.returncode == -signal.SIGKILL, f"the run was not killed at {point} #{nth}"
+    assert not (out / "summary.json").exists()
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "finished earlier, skipped" in done.stdout + done.stderr
     assert digests(out) == digests(reference)
     assert load_summary(out) == load_summary(reference)
 
@@ -112,7 +112,7 @@ def _kill_one_worker(stop: threading.Event, killed: list[int]) -> None:
     while not stop.is_set() and not killed:
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if cmd.startswith("ray::") and any(op in cmd for op in ("MapBatches", "Map(", "Reduce", "ReadParquet")):
+            if cmd.startswith("ray::") and any(op in cmd for op in ("_run_piece", "_apply", "MapBatches", "Reduce")):
                 os.kill(p.info["pid"], signal.SIGKILL)
                 killed.append(p.info["pid"])
                 return

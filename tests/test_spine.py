@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,10 +13,12 @@ import yaml
 from pydantic import BaseModel
 
 from pipeline.config import CleanConfig, ConfigError, SluiceConfig, load_config, parse_config
-from pipeline.ledger import LedgerMismatch, StageCount, StageResult, combine, rejected_rows, split
-from pipeline.rundir import RunDir, safe_join
+from flows.curate import plan_curate
+from pipeline.ledger import LedgerMismatch, StageCount, rejected_rows
+from pipeline.rundir import RunDir, RunLocked, atomic_dir, read_marker, safe_join
 from pipeline.schema import DOC_SCHEMA, REJECTED_SCHEMA
-from pipeline.summary import build_summary
+from pipeline.stage import PlanError
+from pipeline.summary import RunSummary, build_summary
 from stages import clean, exact_dedup
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,23 +93,26 @@ def test_demo_yaml_documents_every_key():
 
 # -- ledger -------------------------------------------------------------------------------------
 
-def test_combine_split_roundtrip_keeps_extra_columns():
-    kept = docs(["a", "b"]).append_column("lang", pa.array(["en", "de"]))
-    rejected = rejected_rows(docs(["c"]), "x", "empty", "why")
-    back = split(combine(StageResult(kept, rejected)))
-    assert back.kept.equals(kept)
-    assert back.rejected.schema == REJECTED_SCHEMA and back.rejected["reason"].to_pylist() == ["empty"]
+def test_rejected_rows_keep_typed_annotations():
+    tagged = docs(["c"]).append_column("lang", pa.array(["de"])).append_column("lang_score", pa.array([0.4]))
+    rejected = rejected_rows(tagged, "langid", "language", "why")
+    assert rejected.schema == REJECTED_SCHEMA
+    assert rejected.select(["lang", "lang_score", "quality_score", "reason"]).to_pylist() == [
+        {"lang": "de", "lang_score": 0.4, "quality_score": None, "reason": "language"}]
 
 
-def test_summary_refuses_a_broken_chain():
-    a = StageCount("ingest", 10, 8, {"malformed_json": 2})
-    b = StageCount("clean", 7, 7, {})
+def test_summary_refuses_a_broken_chain_and_round_trips():
+    a = StageCount.of("ingest", 10, 8, {"malformed_json": 2})
+    b = StageCount.of("clean", 7, 7, {})
     with pytest.raises(LedgerMismatch, match="clean"):
         build_summary([a, b])
     with pytest.raises(LedgerMismatch):
-        StageCount("x", 5, 3, {"empty": 1}).check()
-    good = build_summary([a, StageCount("clean", 8, 6, {"empty": 2})])
-    assert (good["inputs"], good["kept"], good["rejected"]) == (10, 6, 4)
+        StageCount.of("x", 5, 3, {"empty": 1}).check()
+    good = build_summary([a, StageCount.of("clean", 8, 6, {"empty": 2})])
+    assert (good.inputs, good.kept, good.rejected) == (10, 6, 4)
+    assert '"in": 10' in good.to_json()
+    assert RunSummary.model_validate_json(good.to_json()) == good
+    assert (a + StageCount.of("ingest", 5, 5, {})).inputs == 15
 
 
 # -- clean --------------------------------------------------------------------------------------
@@ -146,15 +154,49 @@ def test_exact_dedup_on_sms_spam_removes_exactly_the_repeated_copies(shared_data
 
 # -- run directory ------------------------------------------------------------------------------
 
-def test_uncommitted_stage_is_invisible_and_commit_is_atomic(tmp_path):
-    run = RunDir(tmp_path)
-    tmp = run.begin("clean")
-    (tmp / "kept").mkdir()
-    assert run.finished("clean", "fp") is None  # half-built: a rerun must not mistake it for output
-    run.commit("clean", tmp, {"fingerprint": "fp"})
-    assert run.finished("clean", "fp") == {"fingerprint": "fp"}
-    assert run.finished("clean", "other") is None
-    assert not list(run.stages.glob(".clean.tmp-*"))
+def test_uncommitted_folder_is_invisible_and_commit_is_atomic(tmp_path):
+    final = RunDir(tmp_path).stage_path("clean")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final, {"fingerprint": "fp"}) as tmp:
+            (tmp / "kept.parquet").write_bytes(b"half")
+            raise RuntimeError("killed mid-stage")
+    assert not final.exists() and not list(final.parent.glob(".clean.tmp-*"))
+    marker: dict = {}
+    with atomic_dir(final, marker) as tmp:
+        (tmp / "kept.parquet").write_bytes(b"whole")
+        assert read_marker(tmp, "fp") is None  # half-built: a rerun must not mistake it for output
+        marker["fingerprint"] = "fp"
+    assert read_marker(final, "fp") == {"fingerprint": "fp"} and read_marker(final, "other") is None
+    with atomic_dir(final, {"fingerprint": "new"}) as tmp:  # replacing keeps the old one until the rename
+        (tmp / "kept.parquet").write_bytes(b"newer")
+    assert (final / "kept.parquet").read_bytes() == b"newer" and not list(final.parent.glob(".clean.*"))
+
+
+def test_a_second_writer_of_a_run_fails_at_once_naming_the_holder(tmp_path):
+    code = ("import sys, time; from pipeline.rundir import RunDir\n"
+            "with RunDir(sys.argv[1]).lock():\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLocked, match=f"in use by another Sluice run \\(pid {holder.pid}\\)"):
+            with RunDir(tmp_path).lock():
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunDir(tmp_path).lock():  # the holder died: its lock died with it
+        with RunDir(tmp_path).lock():  # and one process may nest its own flows
+            pass
+
+
+def test_a_stage_reading_a_column_no_earlier_stage_adds_fails_when_planned(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"id": "1", "text": "x"}\n')
+    cfg = parse_config({"inputs": [{"path": str(tmp_path / "a.jsonl")}], "out": str(tmp_path / "run"),
+                        "quality": {"langid": {"enabled": False}}})
+    with pytest.raises(PlanError, match="stage 'rules' reads \\['lang'\\]"):
+        plan_curate(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_safe_join_refuses_escapes(tmp_path):

@@ -10,6 +10,7 @@ DOC_SCHEMA = pa.schema(
         pa.field("source", pa.string(), nullable=False),
         pa.field("url", pa.string()),
         pa.field("meta", pa.string()),  # JSON of whatever else the input carried
+        pa.field("origin", pa.string()),  # where the record was read: "rel:LINE", "rel@OFFSET" or "rel#ROW"
     ]
 )
 

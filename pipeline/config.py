@@ -55,7 +55,8 @@ class RayConfig(Section):
 class IngestConfig(Section):
     max_chars: int = Field(1_000_000, ge=1, description="longer documents are rejected as too_long")
     html_extractor: Literal["trafilatura", "resiliparse"] = "trafilatura"
-    piece_bytes: int = Field(64 * 2**20, ge=1 << 16, description="files larger than this are read as several pieces")
+    piece_bytes: int = Field(64 << 20, ge=1, description="an uncompressed input file larger than this is read "
+                             "as several pieces in parallel (line starts, WARC records or Parquet row groups)")
 
 
 class CleanConfig(Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -87,12 +88,18 @@ def test_wet_conversion_records_become_text(shared_data):
     assert kept[0]["url"] and json.loads(kept[0]["meta"])["warc_type"] == "conversion"
 
 
-def test_wet_with_wrong_content_lengths_rejects_rest_as_one_row(shared_data):
-    """ccnet_sample's Content-Length headers do not match its bodies: warcio cannot resync."""
-    files, kept, rejected = read(shared_data / "warc-samples" / "ccnet_sample.warc.wet.txt")
+def test_wet_with_wrong_content_lengths_resyncs_per_record(shared_data):
+    """ccnet_sample's Content-Length headers do not match its bodies (one counts characters, not
+    bytes): each bad record is rejected at its own offset and reading resyncs at the next one."""
+    path = shared_data / "warc-samples" / "ccnet_sample.warc.wet.txt"
+    files, kept, rejected = read(path)
     assert files[0].format == "wet"  # sniffed from its first bytes despite the .txt name
-    assert kept == [] and reasons(rejected) == {"malformed_record": 1}
-    assert "Famous Mark Twain Quotes" in rejected[0]["text"]
+    data = path.read_bytes()
+    conversions = [m.start() for m in re.finditer(rb"(?m)^WARC/1\.0\r?\nWARC-Type: conversion", data)]
+    assert kept == [] and reasons(rejected) == {"malformed_record": len(conversions)} and len(conversions) == 3
+    assert [r["origin"] for r in rejected] == [f"ccnet_sample.warc.wet.txt@{o}" for o in conversions]
+    assert [r["detail"].split(": ")[0] for r in rejected] == [f"ccnet_sample.warc.wet.txt:{o}" for o in conversions]
+    assert "Famous Mark Twain Quotes" in rejected[0]["text"] and "Content-Length 353" in rejected[0]["detail"]
 
 
 def test_gutenberg_cp1252_decoded_by_detection(shared_data):

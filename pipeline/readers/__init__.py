@@ -1,25 +1,30 @@
-"""Readers: input specs to files (`expand_inputs`, on the driver), and one file to rows (`read_file`).
+"""Readers: input specs to files (`expand_inputs`, on the driver), files to pieces (`plan_pieces`),
+and one piece to rows (`read_piece`, with `count_records` to check it).
 
 `expand_inputs` is cheap (it stats paths and sniffs at most a few bytes or a header line), so a
-missing path or unreadable format fails before any Ray work. `read_file` returns every record of a
-file as kept documents or rejected ledger rows, in file order, deterministically.
+missing path or unreadable format fails before any Ray work. `read_piece` returns every record of a
+piece as kept documents or rejected ledger rows, in file order, deterministically.
 """
 from __future__ import annotations
 
 import glob
+import sys
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import InputSpec
 from pipeline.ledger import StageResult
-from pipeline.readers import csv, jsonl, parquet, text, warc
-from pipeline.readers.base import InputError, InputFile, Rows
+from pipeline.readers import csv
+from pipeline.readers.base import InputError, InputFile, Piece
 from pipeline.readers.html import get_extractor
-from pipeline.readers.streams import TruncatedStream, compression, read_head, utf8_lines
+from pipeline.readers.pieces import count_records, plan_pieces, read_piece
+from pipeline.readers.streams import compression, read_head
 
-__all__ = ["InputError", "InputFile", "expand_inputs", "read_file", "detect_format", "get_extractor"]
+__all__ = ["InputError", "InputFile", "Piece", "expand_inputs", "plan_pieces", "read_piece", "count_records",
+           "read_file", "detect_format", "get_extractor"]
 
 COMPRESSION_SUFFIXES = {".gz", ".zst", ".zstd"}
 FORMAT_SUFFIXES = {
@@ -28,7 +33,6 @@ FORMAT_SUFFIXES = {
     ".txt": "text", ".md": "text", ".text": "text",
     ".warc": "warc", ".arc": "warc", ".wat": "warc", ".wet": "wet",
 }
-READERS = {"jsonl": jsonl.read, "parquet": parquet.read, "csv": csv.read, "tsv": csv.read, "text": text.read}
 
 
 def source_name(name: str) -> str:
@@ -76,22 +80,13 @@ def _check_readable(path: Path, fmt: str, spec: InputSpec) -> None:
         if spec.text_field not in names:
             raise InputError(f"{path}: no text column {spec.text_field!r} (columns: {names}); set `text_field`")
     elif fmt in ("csv", "tsv"):
-        header = _first_line(path)
+        header = csv.first_line(str(path))
         if header is not None:
             names = csv.header_names(header, fmt)
             if spec.text_field not in names:
                 raise InputError(f"{path}: no text column {spec.text_field!r} in its header {names}; set `text_field`")
     elif fmt == "jsonl" and read_head(path, 256).lstrip().startswith(b"["):
         raise InputError(f"{path} holds a JSON array, not JSON Lines (one object per line)")
-
-
-def _first_line(path: Path) -> str | None:
-    try:
-        for line in utf8_lines(path)[0]:
-            return line.raw.decode("utf-8-sig", "replace").rstrip("\r\n")
-    except TruncatedStream:
-        return None
-    return None
 
 
 def _glob_root(pattern: str) -> Path:
@@ -141,13 +136,8 @@ def expand_inputs(specs: list[InputSpec]) -> list[InputFile]:
     return out
 
 
-def read_file(f: InputFile, html_extractor: str = "trafilatura") -> StageResult:
-    """All records of one file: kept documents and rejected ledger rows (stage `ingest`), in file order."""
-    rows = Rows(f)
-    if f.format in ("warc", "wet"):
-        warc.read(f, rows, html_extractor)
-    elif f.format in READERS:
-        READERS[f.format](f, rows)
-    else:
-        raise InputError(f"no reader for format {f.format!r} of {f.path}")
-    return rows.result()
+def read_file(f: InputFile, html_extractor: str = "trafilatura", max_chars: int = sys.maxsize) -> StageResult:
+    """All records of one file, read as one piece: kept documents and rejected rows, in file order."""
+    results = list(read_piece(Piece(0, f), html_extractor, max_chars))
+    return StageResult(kept=pa.concat_tables([r.kept for r in results]),
+                       rejected=pa.concat_tables([r.rejected for r in results]))

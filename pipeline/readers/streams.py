@@ -6,10 +6,11 @@ truncated frame silently, so both are decoded here chunk by chunk with decompres
 """
 from __future__ import annotations
 
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import zstandard
 
@@ -41,11 +42,15 @@ def _new_decompressor(kind: str):
     return zlib.decompressobj(wbits=31) if kind == "gzip" else zstandard.ZstdDecompressor().decompressobj()
 
 
-def chunks(path: str | Path) -> Iterator[bytes]:
-    """Decompressed content of a file, in chunks; raises `TruncatedStream` at a cut or corrupt stream."""
+def chunks(path: str | Path, start: int = 0) -> Iterator[bytes]:
+    """Decompressed content of a file, in chunks; raises `TruncatedStream` at a cut or corrupt stream.
+
+    `start` seeks an uncompressed file (a piece of a split file); compressed files are never split.
+    """
     with open(path, "rb") as fh:
+        fh.seek(start)
         first = fh.read(CHUNK)
-        kind = compression(first)
+        kind = compression(first) if start == 0 else None
         if kind is None:
             data = first
             while data:
@@ -78,6 +83,11 @@ def chunks(path: str | Path) -> Iterator[bytes]:
             raise TruncatedStream(produced, b"", f"{kind} stream ends before its end marker")
 
 
+def is_compressed(path: str | Path) -> bool:
+    with open(path, "rb") as fh:
+        return compression(fh.read(4)) is not None
+
+
 def read_head(path: str | Path, size: int = 64) -> bytes:
     """The first decompressed bytes of a file, cheaply (one chunk at most)."""
     try:
@@ -93,6 +103,144 @@ def sample(path: str | Path, size: int = 1 << 20) -> bytes:
     return read_head(path, size)
 
 
+@dataclass(frozen=True)
+class Line:
+    number: int  # 1-based
+    offset: int  # byte offset of the line in the decompressed stream
+    raw: bytes  # the line with its ending, cut to the reader's limit
+    length: int  # the whole line's length in bytes: more than len(raw) when it was cut
+    blank: bool  # the whole line is whitespace
+
+    @property
+    def cut(self) -> bool:
+        return self.length > len(self.raw)
+
+
+class ByteReader:
+    """Forward reading of decompressed chunks by lines and counted reads, holding at most one chunk
+    plus what the caller asks to keep: a 20 MB line costs its kept prefix, not 20 MB.
+
+    A `TruncatedStream` raised by the chunks passes through with `partial` set to the kept part of
+    the line or read in progress.
+    """
+
+    def __init__(self, parts: Iterator[bytes], offset: int = 0, number: int = 1):
+        self._parts = parts
+        self._buf = b""
+        self._at = 0  # read position in _buf
+        self.offset = offset  # stream offset of _buf[_at]
+        self.number = number  # number of the next line
+        self.at_line_start = True  # the last byte consumed was a newline (or nothing was consumed)
+
+    def _fill(self) -> bool:
+        chunk = next(self._parts, None)
+        if chunk is None:
+            return False
+        self._buf, self._at = self._buf[self._at:] + chunk, 0
+        return True
+
+    def _take(self, n: int) -> bytes:
+        data = self._buf[self._at:self._at + n]
+        self._at += len(data)
+        self.offset += len(data)
+        if data:
+            self.at_line_start = data.endswith(b"\n")
+        return data
+
+    def line(self, limit: int) -> Line | None:
+        """The next line, its bytes kept up to `limit`; None at the end of the stream."""
+        start, kept, length, blank = self.offset, b"", 0, True
+        while True:
+            end = self._buf.find(b"\n", self._at)
+            part = self._take((end + 1 if end >= 0 else len(self._buf)) - self._at)
+            length += len(part)
+            blank = blank and not part.strip()
+            if len(kept) < limit:
+                kept += part[:limit - len(kept)]
+            if end >= 0:
+                break
+            try:
+                more = self._fill()
+            except TruncatedStream as err:
+                err.partial = kept
+                raise
+            if not more:
+                if not length:
+                    return None
+                break
+        self.number += 1
+        return Line(self.number - 1, start, kept, length, blank)
+
+    def rewind(self, data: bytes) -> None:
+        """Put back `data`, the last bytes consumed, which start a line: a reader that went too far
+        (a WARC body longer than its record) reads them again."""
+        self._buf, self._at = data + self._buf[self._at:], 0
+        self.offset -= len(data)
+        self.at_line_start = True
+
+    def read(self, n: int, keep: int) -> tuple[bytes, int]:
+        """Consume up to `n` bytes; returns the first `keep` of them and how many there were."""
+        kept, got = b"", 0
+        while got < n:
+            if self._at == len(self._buf):
+                try:
+                    more = self._fill()
+                except TruncatedStream as err:
+                    err.partial = kept
+                    raise
+                if not more:
+                    break
+            part = self._take(n - got)
+            got += len(part)
+            if len(kept) < keep:
+                kept += part[:keep - len(kept)]
+        return kept, got
+
+
+def utf8_chunks(path: str | Path, start: int = 0) -> tuple[Iterator[bytes], dict]:
+    """Chunks of a line-oriented file as UTF-8-or-guess bytes, plus meta for the whole file.
+
+    A UTF-16/32 file (with BOM) cannot be split on b"\\n", so it is transcoded to UTF-8 in memory
+    first (such files are rare, small, and never split into pieces); its line numbers stay right,
+    byte offsets refer to UTF-8.
+    """
+    encoding = bom_encoding(read_head(path, 4))
+    if encoding is None:
+        return chunks(path, start), {}
+    text = read_all(path).decode(encoding, errors="replace")
+    return iter([text.encode("utf-8")]), {"encoding": encoding, "decoded": "bom"}
+
+
+def utf8_lines(path: str | Path, start: int = 0, number: int = 1,
+               limit: int = sys.maxsize) -> tuple[Iterator[Line], dict]:
+    """Lines (see `utf8_chunks`) from byte `start`, numbered from `number`, kept up to `limit` bytes;
+    on truncation `partial` holds the incomplete last line."""
+    parts, meta = utf8_chunks(path, start)
+    reader = ByteReader(parts, start, number)
+    return iter(lambda: reader.line(limit), None), meta
+
+
+def count_lines(parts: Iterator[bytes], start: int, end: int | None, content: Callable[[bytes], bytes]) -> int:
+    """Lines starting in [start, end) that hold `content`, by plain splitting: a count independent of
+    the readers' line handling, for the ledger to check them. A cut stream counts as one record more
+    (the readers reject its partial tail as `truncated`)."""
+    count, pos, line_start, has = 0, start, start, False
+    try:
+        for chunk in parts:
+            *complete, rest = chunk.split(b"\n")
+            for part in complete:
+                if end is not None and line_start >= end:
+                    return count
+                count += has or bool(content(part))
+                has, pos = False, pos + len(part) + 1
+                line_start = pos
+            has = has or bool(content(rest))
+            pos += len(rest)
+    except TruncatedStream:
+        return count + 1
+    return count + (has and (end is None or line_start < end))
+
+
 def read_all(path: str | Path) -> bytes:
     """All decompressed bytes; on truncation the exception's `partial` holds what was read."""
     parts: list[bytes] = []
@@ -103,48 +251,3 @@ def read_all(path: str | Path) -> bytes:
         err.partial = b"".join(parts)
         raise
     return b"".join(parts)
-
-
-@dataclass(frozen=True)
-class Line:
-    number: int  # 1-based
-    offset: int  # byte offset of the line in the decompressed stream
-    raw: bytes  # including its line ending
-
-
-def lines(path: str | Path) -> Iterator[Line]:
-    """Lines of a (compressed) file; on truncation `partial` holds the incomplete last line."""
-    return _lines(chunks(path))
-
-
-def _lines(parts: Iterator[bytes]) -> Iterator[Line]:
-    number, offset, rest = 0, 0, b""
-    try:
-        for chunk in parts:
-            buf = rest + chunk
-            start = 0
-            while (end := buf.find(b"\n", start)) >= 0:
-                number += 1
-                yield Line(number, offset, buf[start:end + 1])
-                offset += end + 1 - start
-                start = end + 1
-            rest = buf[start:]
-    except TruncatedStream as err:
-        err.partial = rest
-        raise
-    if rest:
-        yield Line(number + 1, offset, rest)
-
-
-def utf8_lines(path: str | Path) -> tuple[Iterator[Line], dict]:
-    """Lines of a line-oriented file, as UTF-8-or-guess bytes, plus meta for the whole file.
-
-    A UTF-16/32 file (with BOM) cannot be split on b"\\n", so it is transcoded to UTF-8 in memory
-    first (such files are rare and small); its line numbers stay right, byte offsets refer to UTF-8.
-    """
-    encoding = bom_encoding(read_head(path, 4))
-    if encoding is None:
-        return lines(path), {}
-    text = read_all(path).decode(encoding, errors="replace")
-    data = text.encode("utf-8")
-    return _lines(iter([data])), {"encoding": encoding, "decoded": "bom"}

@@ -72,7 +72,7 @@ class ExactDedupConfig(Section):
 
 class FuzzyDedupConfig(Section):
     enabled: bool = True
-    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    threshold: float = Field(0.8, gt=0.0, le=1.0, description="exact Jaccard of the documents' shingle sets")
     num_perm: int = Field(128, ge=2, le=1024)
     bands: int | None = Field(None, ge=1)
     rows: int | None = Field(None, ge=1)
@@ -81,7 +81,7 @@ class FuzzyDedupConfig(Section):
     lowercase: bool = True
     seed: int = 1
     backend: Literal["numpy", "torch"] = "numpy"
-    verify: bool = True
+    verify: bool = Field(True, description="keep only candidate pairs whose exact shingle-set Jaccard reaches the threshold")
     clustering: Literal["auto", "distributed", "union_find"] = "auto"
     against: str | None = Field(None, description="an earlier run dir whose band index new docs are checked against")
 
@@ -94,7 +94,13 @@ class FuzzyDedupConfig(Section):
         return self
 
 
+KeepPolicy = Literal["first", "longest", "quality"]
+
+
 class DedupConfig(Section):
+    keep: KeepPolicy = Field(
+        "first", description="which copy a duplicate group keeps: smallest (source, id), most characters, "
+                             "or highest quality_score (ties by (source, id); no score sorts last)")
     exact: ExactDedupConfig = ExactDedupConfig()
     fuzzy: FuzzyDedupConfig = FuzzyDedupConfig()
 

@@ -1,36 +1,56 @@
-"""Duplicate ids (interim, replaced by the dedup branch)."""
+"""Duplicate ids: within one source, a second record with an id already seen is rejected.
+
+Identity is (source, id): two sources may share ids, one source may not. The first record (smallest
+`_piece`, `_row`, i.e. first in input order) is processed normally; every later one is rejected as
+`duplicate_id`, its detail naming where the first came from (`origin`: file and line, byte offset
+or row). Only (source, id, origin, _piece, _row) move through the shuffle.
+"""
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import polars as pl
 import pyarrow as pa
 import ray
 
 from pipeline.config import SluiceConfig
-from pipeline.fingerprint import code_digest, digest
+from stages.dedup.components import PART
+from stages.dedup.keys import DECISION_SCHEMA
+from stages.dedup.store import stage_fingerprint
 
-STAGE = "duplicate_ids"
-READS = ("source", "id", "origin")
+STAGE = "duplicate_id"
+READS: tuple[str, ...] = ("source", "id", "origin")
+REASON = "duplicate_id"
+PARTITIONS = 8
+ROUTING_SEED = 20240601  # polars' hash is stable within one polars version: enough inside one run
 
 
 def process(rows: pa.Table) -> pa.Table:
+    """Decisions for every record whose (source, id) an earlier record (in input order) already has."""
     df = pl.from_arrow(rows.select(["source", "id", "origin", "_piece", "_row"])).sort(["source", "id", "_piece", "_row"])
     df = df.with_columns(first=pl.col("origin").first().over(["source", "id"]),
-                         rank=pl.int_range(pl.len()).over(["source", "id"]))
-    dup = df.filter(pl.col("rank") > 0)
-    return pa.table({"_piece": dup["_piece"].to_arrow().cast(pa.int32()), "_row": dup["_row"].to_arrow().cast(pa.int32()),
-                     "reason": pa.array(["duplicate_id"] * dup.height, pa.string()),
-                     "detail": pa.array([f"id already used by {o}" for o in dup["first"].to_list()], pa.string())})
+                         rank=pl.int_range(pl.len()).over(["source", "id"])).filter(pl.col("rank") > 0).sort(["_piece", "_row"])
+    detail = pl.concat_str([pl.lit("id already used by the record at "), pl.col("first").fill_null("?")])
+    out = df.select("_piece", "_row", reason=pl.lit(REASON), detail=detail, duplicate_of="id",
+                    duplicate_of_source="source", cluster_id=pl.lit(None, pl.String))
+    return out.to_arrow().cast(DECISION_SCHEMA)
 
 
-def build(cfg: SluiceConfig, workdir: Path):
-    def run(ds: ray.data.Dataset) -> ray.data.Dataset:
-        table = pa.concat_tables(ray.get(ds.to_arrow_refs())) if ds.count() else None
-        return ray.data.from_arrow(process(table)) if table is not None and table.num_rows else ray.data.from_items([]).limit(0)
-    return run
+def _route(batch: pa.Table) -> pa.Table:
+    df = pl.from_arrow(batch.select(["source", "id", "origin", "_piece", "_row"]))
+    part = (pl.concat_str(["source", pl.lit("\x00"), "id"]).hash(ROUTING_SEED) % PARTITIONS).cast(pl.Int32)
+    return df.with_columns(part.alias(PART)).to_arrow()
+
+
+def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
+    def duplicate_ids(ds: ray.data.Dataset) -> ray.data.Dataset:
+        routed = ds.map_batches(_route, batch_format="pyarrow")
+        return routed.groupby(PART, num_partitions=PARTITIONS).map_groups(process, batch_format="pyarrow")
+
+    return duplicate_ids
 
 
 def fingerprint(cfg: SluiceConfig) -> str:
-    return digest(code_digest(__name__))
+    """No settings: only the code decides."""
+    return stage_fingerprint(__file__, {})

@@ -1,101 +1,137 @@
-"""Exact dedup: a 128-bit hash of the cleaned text; the smallest (source, id) of each hash is kept.
+"""Exact dedup: a 128-bit hash of the cleaned text; one keeper per hash, by the `dedup.keep` policy.
 
-On Ray, rows are partitioned by hash bucket, so no worker ever holds all hashes, and each bucket is
-deduplicated by the same pure function that the unit tests call on a plain table.
+Rows become (key, hash, bucket) next to where they are read, so only those small columns move
+through the shuffle; each hash bucket is deduplicated by the same pure function the unit tests call
+on a plain table. Keys sort in keeper order (`stages.dedup.keys`), so a bucket's decisions cannot
+depend on worker or block counts.
 
-The kept documents' hashes persist as `hash_index/bucket-NNNNN.parquet` in the stage folder. With
+The kept documents' hashes persist as `hash_index/bucket-NNNNN.parquet` (hash, source, id). With
 `dedup.exact.against: <earlier run>`, each bucket also reads that run's index: a new document whose
-text an earlier run already kept is rejected as its duplicate, and the index written is the union.
+text an earlier run already kept is rejected as its duplicate, and the index written is the union
+(buckets this run adds nothing to are hard links to the earlier files).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import xxhash
 
-from pipeline.ledger import StageResult, combine, rejected_rows
-from pipeline.stage import StageContext, write_part
+from pipeline.config import KeepPolicy, Section, SluiceConfig
+from stages.dedup.keys import CHARS, decisions, doc_keys, old_keys, parts
+from stages.dedup.store import META, content_digest, find_index, stage_fingerprint, write_meta, write_parquet
 
 STAGE = "exact_dedup"
-HASH = "_text_hash"
-BUCKET = "_hash_bucket"
-BUCKETS = 64
-SHUFFLE_PARTITIONS = 8  # reduce tasks; buckets spread over them
+READS: tuple[str, ...] = ("source", "id", "text", "quality_score")
+REASON = "exact_duplicate"
+DETAIL = "same text hash (xxh3-128) as the kept document"
 INDEX_DIR = "hash_index"
-INDEX_SCHEMA = pa.schema([("hash", pa.string()), ("source", pa.string()), ("id", pa.string())])
+HASH_NAME = "xxh3-128"
+BUCKETS = 64
+PARTITIONS = 8  # reduce tasks; buckets spread over them
+HASH = "hash"
+BUCKET = "_bucket"
+INDEX_SCHEMA = pa.schema([(HASH, pa.string()), ("source", pa.string()), ("id", pa.string())])
+TAG_SCHEMA = pa.schema([("key", pa.string()), (HASH, pa.string()), (BUCKET, pa.int32())])
 
 
-def text_hashes(text: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return pa.array([xxhash.xxh3_128_hexdigest(t.encode()) for t in text.to_pylist()], pa.string())
+class HashIndexMeta(Section):
+    """`hash_index/_index.json`: what must match for an earlier index to be read."""
+
+    hash: str = HASH_NAME
+    buckets: int = BUCKETS
 
 
-def dedup(batch: pa.Table, stage: str = STAGE, seen: pa.Table | None = None) -> StageResult:
-    """Keep the smallest (source, id) per text hash; reject the rest as `exact_duplicate` of it.
+@dataclass
+class Outcome:
+    decisions: pa.Table  # DECISION_SCHEMA
+    index: pa.Table  # INDEX_SCHEMA: earlier documents plus this run's keepers
 
-    `seen` (hash, source, id) lists documents kept by earlier runs: they win every tie. A batch
-    tagged with `_text_hash` keeps that column on its kept rows, for the caller's hash index.
+
+def tag(rows: pa.Table, keep: KeepPolicy) -> pa.Table:
+    """The small columns that travel: key (keeper order and location), text hash, hash bucket."""
+    text = pc.fill_null(rows["text"], "").to_pylist()
+    hashes = [xxhash.xxh3_128_hexdigest(t.encode()) for t in text]
+    buckets = np.array([int(h[:8], 16) % BUCKETS for h in hashes], np.int32)
+    ranked = rows if keep != "longest" else rows.append_column(CHARS, pc.utf8_length(pc.fill_null(rows["text"], "")))
+    return pa.table([doc_keys(ranked, keep), pa.array(hashes, pa.string()), buckets], schema=TAG_SCHEMA)
+
+
+def dedupe(tagged: pa.Table, seen: pa.Table | None = None) -> Outcome:
+    """Keep the smallest key per hash; reject the rest as `exact_duplicate` of it.
+
+    `seen` (hash, source, id) lists documents kept by earlier runs: their keys sort first.
     """
-    hashes = batch[HASH] if HASH in batch.column_names else text_hashes(batch["text"])
-    new = pl.DataFrame({"h": pl.Series(hashes.to_pylist(), dtype=pl.String),
-                        "source": batch["source"].to_pylist(), "id": batch["id"].to_pylist()}).with_row_index("row")
-    old = pl.from_arrow(seen if seen is not None else INDEX_SCHEMA.empty_table()).rename({"hash": "h"})
-    order = (
-        pl.concat([new.with_columns(old=pl.lit(False)),
-                   old.with_columns(row=pl.lit(None, pl.UInt32), old=pl.lit(True))], how="diagonal")
-        .sort(["h", "old", "source", "id"], descending=[False, True, False, False])
-        .with_columns(keeper=pl.col("id").first().over("h"), rank=pl.int_range(pl.len()).over("h"))
-        .filter(~pl.col("old"))
-    )
-    docs = batch.drop_columns([BUCKET]) if BUCKET in batch.column_names else batch
-    kept_rows = pa.array(order.filter(pl.col("rank") == 0)["row"].sort().to_list(), pa.int64())
-    dups = order.filter(pl.col("rank") > 0).sort("row")
-    rejected = rejected_rows(docs.take(pa.array(dups["row"].to_list(), pa.int64())), stage, "exact_duplicate",
-                             "same text hash as the kept document", duplicate_of=dups["keeper"].to_list())
-    return StageResult(kept=docs.take(kept_rows), rejected=rejected)
+    seen = seen if seen is not None else INDEX_SCHEMA.empty_table()
+    old = pl.DataFrame({HASH: seen[HASH].to_pylist(), "key": old_keys(seen["source"], seen["id"], [0] * seen.num_rows,
+                                                                        [0] * seen.num_rows, level=1).to_pylist()},
+                       schema={HASH: pl.String, "key": pl.String})
+    ranked = pl.concat([old, pl.from_arrow(tagged.select([HASH, "key"]))]).sort([HASH, "key"]) \
+        .with_columns(root=pl.col("key").first().over(HASH))
+    edges = ranked.filter(pl.col("key") != pl.col("root")).select(node="key", root="root").to_arrow()
+    keepers = ranked.filter(pl.col("key") == pl.col("root"))
+    index = keepers.select(HASH, **{k: v for k, v in parts(pl.col("key")).items() if k in ("source", "id")})
+    return Outcome(decisions(edges, REASON, DETAIL, with_cluster=False), index.to_arrow().cast(INDEX_SCHEMA))
+
+
+def process(rows: pa.Table, keep: KeepPolicy = "first", seen: pa.Table | None = None) -> Outcome:
+    """The whole stage on one in-memory table (columns source, id, text, _piece, _row; quality_score)."""
+    return dedupe(tag(rows, keep), seen)
 
 
 def bucket_file(index_dir: Path, bucket: int) -> Path:
     return index_dir / f"bucket-{bucket:05d}.parquet"
 
 
-def _tag(batch: pa.Table) -> pa.Table:
-    hashes = text_hashes(batch["text"])
-    buckets = pa.array([int(h[:8], 16) % BUCKETS for h in hashes.to_pylist()], pa.int32())
-    return batch.append_column(HASH, hashes).append_column(BUCKET, buckets)
+def earlier_index(against: str) -> Path:
+    """An earlier run's hash index, after checking it hashes and buckets as this code does."""
+    folder = find_index(against, INDEX_DIR)
+    meta = HashIndexMeta.model_validate_json((folder / META).read_text())
+    if meta != HashIndexMeta():
+        raise ValueError(f"hash index {folder} was built with {meta}, this run uses {HashIndexMeta()}")
+    return folder
 
 
-def _read_index(path: Path) -> pa.Table | None:
-    return pq.read_table(path, schema=INDEX_SCHEMA) if path.is_file() else None
+def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
+    keep = cfg.dedup.keep
+    old_dir = earlier_index(cfg.dedup.exact.against) if cfg.dedup.exact.against else None
+    new_dir = workdir / INDEX_DIR
 
-
-def build(ds: ray.data.Dataset, ctx: StageContext) -> ray.data.Dataset:
-    against = ctx.config.dedup.exact.against
-    old_dir = Path(against) / "stages" / STAGE / INDEX_DIR if against else None
-    if old_dir is not None and not old_dir.is_dir():
-        raise FileNotFoundError(f"dedup.exact.against: no exact-dedup hash index in {against}")
-    new_dir = ctx.workdir / INDEX_DIR
-    new_dir.mkdir()
-    if old_dir is not None:  # buckets this run adds nothing to keep their old index as it is
-        for f in sorted(old_dir.glob("bucket-*.parquet")):
-            os.link(f, new_dir / f.name)
-
-    def exact_dedup(group: pa.Table) -> pa.Table:
+    def exact_dedup_bucket(group: pa.Table) -> pa.Table:
         bucket = group[BUCKET][0].as_py()
-        seen = _read_index(bucket_file(old_dir, bucket)) if old_dir else None
-        result = dedup(group, ctx.name, seen)
-        kept = pa.table({"hash": result.kept[HASH], "source": result.kept["source"], "id": result.kept["id"]},
-                        schema=INDEX_SCHEMA)
-        result.kept = result.kept.drop_columns([HASH])
-        index = pa.concat_tables([seen, kept]) if seen is not None else kept
-        target = bucket_file(new_dir, bucket)
-        target.unlink(missing_ok=True)  # a hard link to the old index: never write through it
-        write_part(index.sort_by([("hash", "ascending"), ("source", "ascending"), ("id", "ascending")]), target)
-        return combine(result)
+        old_file = bucket_file(old_dir, bucket) if old_dir else None
+        seen = pq.read_table(old_file, schema=INDEX_SCHEMA) if old_file and old_file.is_file() else None
+        outcome = dedupe(group, seen)
+        # the written file replaces a hard link to the earlier index's file, never writes through it
+        write_parquet(outcome.index.sort_by([(HASH, "ascending"), ("source", "ascending"), ("id", "ascending")]),
+                      bucket_file(new_dir, bucket))
+        return outcome.decisions
 
-    return ds.map_batches(_tag, batch_format="pyarrow").groupby(BUCKET, num_partitions=SHUFFLE_PARTITIONS).map_groups(
-        exact_dedup, batch_format="pyarrow")
+    def exact_dedup(ds: ray.data.Dataset) -> ray.data.Dataset:
+        new_dir.mkdir(parents=True, exist_ok=True)
+        if old_dir is not None:  # buckets this run adds nothing to keep their earlier file as it is
+            for f in sorted(old_dir.glob("bucket-*.parquet")):
+                os.link(f, new_dir / f.name)
+        tagged = ds.map_batches(tag, fn_kwargs={"keep": keep}, batch_format="pyarrow")
+        out = tagged.groupby(BUCKET, num_partitions=PARTITIONS).map_groups(exact_dedup_bucket, batch_format="pyarrow")
+        out = out.materialize()  # the index is written as a side effect: finish it before the metadata
+        write_meta(new_dir, HashIndexMeta())
+        return out
+
+    return exact_dedup
+
+
+def fingerprint(cfg: SluiceConfig) -> str:
+    """Config section (without the `against` path), keep policy, the earlier index's content, the code."""
+    exact = cfg.dedup.exact
+    digest = content_digest(earlier_index(exact.against)) if exact.against else None
+    return stage_fingerprint(__file__, {"exact": exact.model_dump(mode="json", exclude={"against"}),
+                                        "keep": cfg.dedup.keep, "against": digest})

@@ -1,45 +1,59 @@
-"""Fuzzy dedup: MinHash LSH candidates, connected components, one keeper per cluster.
+"""Fuzzy dedup: MinHash LSH candidates, verified by exact shingle-set Jaccard, one keeper per cluster.
 
-Every document gets a sort key that orders documents the way keepers are chosen: earlier-run
-documents first (they are already curated), then the highest `quality_score` when that column
-exists, then the smallest (source, id). Components are rooted at their smallest key, so the root
-is the keeper and every other member is rejected as its `near_duplicate`; the result cannot depend
-on worker or block counts. The band index of the kept corpus is written as Parquet next to the
-stage output, so a later run with `against:` can reject documents that near-match it.
+`threshold` is a true Jaccard of word (or character) n-gram sets. Bands x rows are chosen so a
+pair at the threshold becomes a candidate with probability >= 0.95; every candidate pair is then
+verified on the exact Jaccard of the two documents' shingle sets, rebuilt for candidates only by
+re-reading their texts (`_file`, `_row`). Verified pairs form a graph whose connected components
+are clusters; components are rooted at their smallest key, and keys sort in keeper order
+(`stages.dedup.keys`), so the root is the keeper and every other member of this run is rejected
+as its `near_duplicate`, whatever the worker or block count.
+
+Only small columns move through shuffles: keys and band hashes, candidate pairs, and the shingle
+sets of candidate documents on their way to verification; never texts.
+
+The kept documents' band hashes persist in `band_index/` with each document's (source, id) and
+where its text lives (piece file relative to the run root, row). With `dedup.fuzzy.against`, a
+later run reads that index, and the indexes it was itself checked against (`parent`), and verifies
+a match against an earlier document exactly like one inside the batch.
 """
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
-import xxhash
 
-from pipeline.config import FuzzyDedupConfig, SluiceConfig
-from pipeline.ledger import StageResult, combine, rejected_rows
-from pipeline.rundir import atomic_write_json
-from pipeline.stage import StageContext, write_part
-from stages.components import PART, by_partition, distributed_components, local_components
-from stages.lsh import EDGE_SCHEMA, band_rows, lsh_params, star_edges
-from stages.minhash import MinHashParams, signatures
+from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
+from stages.dedup.components import PART, by_partition, distributed_components, local_components
+from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, to_blobs
+from stages.dedup.keys import DECISION_SCHEMA, NEW, decisions, doc_keys, old_keys, parts
+from stages.dedup.lsh import EDGE_SCHEMA, band_hashes, candidate_pairs, lsh_params
+from stages.dedup.minhash import MinHashParams, signatures
+from stages.dedup.store import (META, TextFiles, content_digest, find_index, index_parts, stage_fingerprint,
+                                write_meta, write_parquet)
 
 STAGE = "fuzzy_dedup"
+READS: tuple[str, ...] = ("source", "id", "text", "quality_score")
 REASON = "near_duplicate"
 INDEX_DIR = "band_index"
-INDEX_PARAMS = "_params.json"  # leading underscore: Parquet readers skip it
-INDEX_SCHEMA = pa.schema([("band", pa.int32()), ("band_hash", pa.uint64()), ("id", pa.string())])
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
-QUALITY = "quality_score"
-OLD, NEW = "0", "1"  # key prefixes: earlier-run documents sort (and so are kept) first
-SIG = "_sig"
-DECISION_SCHEMA = pa.schema([("id", pa.string()), ("duplicate_of", pa.string()), ("cluster_id", pa.string())])
-# Up to this many candidate edges, `clustering: auto` collects them on the driver.
+PARTITIONS = 8  # shuffle partitions and index parts; fixed, so the index never depends on workers
+MAX_CHAIN = 10_000  # earlier runs an `against` chain may hold (a guard against cycles)
+# Up to this many verified edges, `clustering: auto` finds components on the driver.
 AUTO_LOCAL_EDGES = 2_000_000
+HASHES = "band_hashes"
+SETS = "shingles"
+SKETCH_SCHEMA = pa.schema([("key", pa.string()), ("_piece", pa.int32()), ("_file", pa.string()),
+                           (HASHES, pa.list_(pa.uint64()))])
+INDEX_SCHEMA = pa.schema([("source", pa.string()), ("id", pa.string()), ("file", pa.int32()), ("row", pa.int32()),
+                          (HASHES, pa.list_(pa.uint64()))])
 
 
 @dataclass(frozen=True)
@@ -52,143 +66,177 @@ class Settings:
     threshold: float
     verify: bool
     backend: str
+    keep: KeepPolicy
 
     @classmethod
-    def from_config(cls, cfg: FuzzyDedupConfig) -> "Settings":
+    def from_config(cls, cfg: FuzzyDedupConfig, keep: KeepPolicy = "first") -> "Settings":
         bands, rows = lsh_params(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows)
-        return cls(MinHashParams.from_config(cfg), bands, rows, cfg.threshold, cfg.verify, cfg.backend)
+        return cls(MinHashParams.from_config(cfg), bands, rows, cfg.threshold, cfg.verify, cfg.backend, keep)
 
-    def index_meta(self) -> dict:
+    def index_params(self) -> dict:
         """What must match for an earlier run's band index to be comparable with this run's."""
         return {**asdict(self.minhash), "bands": self.bands, "rows": self.rows, "shingle_hash": SHINGLE_HASH}
 
-
-def _quality_rank(scores: pa.ChunkedArray | pa.Array) -> list[str]:
-    """Fixed-width strings that sort by descending score; missing or NaN scores sort last."""
-    values = np.asarray(pc.fill_null(scores.cast(pa.float64()), np.nan), np.float64)
-    bits = (-values).view(np.uint64)
-    ordered = np.where(bits >> np.uint64(63), ~bits, bits | np.uint64(1 << 63))
-    return ["z" * 16 if np.isnan(v) else f"{o:016x}" for v, o in zip(values, ordered)]
+    @property
+    def detail(self) -> str:
+        unit = "character" if self.minhash.char_ngrams else "word"
+        return f"{unit} {self.minhash.ngram}-gram Jaccard >= {self.threshold} with a member of its cluster"
 
 
-def doc_keys(batch: pa.Table) -> pa.Array:
-    """NEW + quality rank + source + NUL + id: string order is keeper order (sources contain no NUL)."""
-    rank = _quality_rank(batch[QUALITY]) if QUALITY in batch.column_names else [""] * batch.num_rows
-    frame = pl.DataFrame({"rank": rank, "source": batch["source"].to_pylist(), "id": batch["id"].to_pylist()},
-                         schema={"rank": pl.String, "source": pl.String, "id": pl.String})
-    return frame.select(pl.concat_str([pl.lit(NEW), "rank", "source", pl.lit("\x00"), "id"]))\
-        .to_series().to_arrow().cast(pa.string())
+class IndexMeta(Section):
+    """`band_index/_index.json`: written last, read before any part of the index."""
+
+    params: dict
+    files: dict[int, str]  # file number (piece index) -> kept-rows Parquet file, relative to the run root
+    parent: str | None = None  # the run this one was checked against, relative to this run's root
 
 
-def key_id(key: pl.Expr) -> pl.Expr:
-    """The document id inside a key: everything after its first NUL."""
-    return key.str.splitn("\x00", 2).struct.field("field_1")
+# ---------------------------------------------------------------- pure steps (no Ray)
+
+def sketch(rows: pa.Table, settings: Settings) -> pa.Table:
+    """Per document: its key, its file, and its band hashes."""
+    sigs = signatures(rows["text"], settings.minhash, settings.backend)
+    hashes = band_hashes(sigs, settings.bands, settings.rows)
+    flat = pa.array(hashes.reshape(-1), pa.uint64())
+    offsets = pa.array(np.arange(0, len(flat) + 1, settings.bands, dtype=np.int32))
+    files = rows["_file"] if "_file" in rows.column_names else pa.nulls(rows.num_rows, pa.string())
+    return pa.table([doc_keys(rows, settings.keep), rows["_piece"], files, pa.ListArray.from_arrays(offsets, flat)],
+                    names=SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA)
 
 
-def _with_partition(rows: pa.Table, partitions: int) -> pa.Table:
-    part = (np.asarray(rows["band_hash"]) % np.uint64(partitions)).astype(np.int32)
-    return rows.append_column(PART, pa.array(part))
+def band_rows(docs: pa.Table, partitions: int = 1) -> pa.Table:
+    """One row per (document, band), routed to a partition by its band hash."""
+    lengths = np.asarray(pc.list_value_length(docs[HASHES]), np.int64)
+    flat = np.asarray(pc.list_flatten(docs[HASHES]), np.uint64)
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    band = (np.arange(len(flat)) - first).astype(np.int32)
+    return pa.table({"band": band, "band_hash": flat,
+                     "key": docs["key"].take(pa.array(np.repeat(np.arange(docs.num_rows), lengths))),
+                     PART: (flat % np.uint64(partitions)).astype(np.int32)})
 
 
-def doc_band_rows(batch: pa.Table, settings: Settings, partitions: int) -> pa.Table:
-    """The band rows of a batch of documents, each carrying its doc's signature when verifying."""
-    sigs = signatures(batch["text"], settings.minhash, settings.backend)
-    rows = band_rows(doc_keys(batch), sigs, settings.bands, settings.rows)
-    if not settings.verify:
-        return _with_partition(rows, partitions)
-    packed = np.repeat(sigs, settings.bands, axis=0)
-    sig = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * sigs.shape[1]), len(packed),
-                                               [None, pa.py_buffer(packed.tobytes())])
-    return _with_partition(rows.append_column(SIG, sig), partitions)
+def old_docs(index: pa.Table, level: int) -> pa.Table:
+    """An earlier run's index rows as documents keyed before every new one."""
+    n = index.num_rows
+    return pa.table([old_keys(index["source"], index["id"], index["file"], index["row"], level),
+                     pa.nulls(n, pa.int32()), pa.nulls(n, pa.string()), index[HASHES]],
+                    names=SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA)
 
 
-def old_band_rows(index: pa.Table, settings: Settings, partitions: int) -> pa.Table:
-    """An earlier run's band index as band rows of known-good documents without signatures."""
-    keys = pl.from_arrow(index.select(["id"])).select(pl.concat_str([pl.lit(OLD + "\x00"), "id"])).to_series()
-    rows = pa.table({"band": index["band"].cast(pa.int32()), "band_hash": index["band_hash"].cast(pa.uint64()),
-                     "key": keys.to_arrow().cast(pa.string())})
+def bucket_pairs(rows: pa.Table) -> pa.Table:
+    """Candidate pairs of the buckets in `rows` that involve at least one new document."""
+    return candidate_pairs(rows, wanted=pl.col("node").str.starts_with(NEW))
+
+
+def jaccards(pairs: pa.Table, sets: dict[str, np.ndarray]) -> np.ndarray:
+    return np.array([jaccard(sets[a], sets[b]) for a, b in zip(pairs["node"].to_pylist(), pairs["root"].to_pylist())])
+
+
+def verified(pairs: pa.Table, sets: dict[str, np.ndarray], threshold: float) -> pa.Table:
+    """The pairs whose exact shingle-set Jaccard reaches the threshold."""
+    if pairs.num_rows == 0:
+        return pairs
+    return pairs.filter(pa.array(jaccards(pairs, sets) >= threshold))
+
+
+def index_table(docs: pa.Table, rejected: pa.Table) -> pa.Table:
+    """The band index rows of this run's documents not rejected, sorted by location."""
+    df = pl.from_arrow(docs.select(["key", HASHES])).with_columns(**parts(pl.col("key")))
+    dropped = pl.from_arrow(rejected.select(["_piece", "_row"])).rename({"_piece": "file", "_row": "row"})
+    kept = df.join(dropped, on=["file", "row"], how="anti").sort(["file", "row"])
+    return kept.select(["source", "id", "file", "row", HASHES]).to_arrow().cast(INDEX_SCHEMA)
+
+
+@dataclass
+class Outcome:
+    decisions: pa.Table  # DECISION_SCHEMA
+    index: pa.Table  # INDEX_SCHEMA: the kept documents of this run
+
+
+def process(rows: pa.Table, settings: Settings, earlier: "Earlier | None" = None) -> Outcome:
+    """The whole stage on one in-memory table (columns source, id, text, _piece, _row; quality_score
+    for the quality policy), against an earlier run's index when given."""
+    docs = sketch(rows, settings)
+    everything = docs if earlier is None else pa.concat_tables([docs, earlier.docs()])
+    pairs = bucket_pairs(band_rows(everything))
     if settings.verify:
-        rows = rows.append_column(SIG, pa.nulls(index.num_rows, pa.binary(4 * settings.minhash.num_perm)))
-    return _with_partition(rows, partitions)
+        keys = sorted(set(pairs["node"].to_pylist()) | set(pairs["root"].to_pylist()))
+        own = dict(zip(docs["key"].to_pylist(), rows["text"].to_pylist()))
+        old = [k for k in keys if k not in own]
+        texts = dict(zip(old, earlier.files.texts(old))) if old else {}
+        sets = shingle_sets([own[k] if k in own else texts[k] for k in keys], settings.minhash)
+        pairs = verified(pairs, dict(zip(keys, sets)), settings.threshold)
+    rejected = decisions(local_components(pairs), REASON, settings.detail)
+    return Outcome(rejected, index_table(docs, rejected))
 
 
-def bucket_edges(rows: pa.Table, settings: Settings) -> pa.Table:
-    """A star forest spanning the (verified, when configured) candidate pairs of the buckets that
-    hold at least one new document: as few edges as nodes, whatever the bucket sizes."""
-    df = pl.from_arrow(rows.select(["band", "band_hash", "key"]))
-    wanted = df.select(pl.col("key").str.starts_with(NEW).any().over(["band", "band_hash"])).to_series()
-    rows = rows.filter(wanted.to_arrow())
-    if not settings.verify:
-        return local_components(star_edges(rows))
-    width = settings.minhash.num_perm
-    sig = rows[SIG].combine_chunks() if rows.num_rows else pa.array([], pa.binary(4 * width))
-    known = np.asarray(sig.is_valid(), bool)
-    filled = pc.fill_null(sig, pa.scalar(bytes(4 * width), sig.type)).buffers()[1]
-    sigs = np.frombuffer(filled, np.uint32, rows.num_rows * width, sig.offset * 4 * width).reshape(-1, width)
-    return local_components(star_edges(rows, sigs, known, settings.threshold))
+# ---------------------------------------------------------------- earlier runs
+
+@dataclass
+class Earlier:
+    """An `against` chain: the index folders of the earlier run and of the runs it was checked against."""
+
+    folders: list[Path]  # level 1, 2, ...
+    files: TextFiles
+
+    @classmethod
+    def load(cls, run_root: str | Path, settings: Settings) -> "Earlier":
+        folders, files, root = [], TextFiles(), Path(run_root).resolve()
+        while root is not None:
+            if len(folders) >= MAX_CHAIN:
+                raise ValueError(f"dedup.fuzzy.against: the chain of earlier runs from {run_root} does not end")
+            folder = find_index(root, INDEX_DIR)
+            meta = IndexMeta.model_validate_json((folder / META).read_text())
+            diff = {k: (meta.params.get(k), v) for k, v in settings.index_params().items() if meta.params.get(k) != v}
+            if diff:
+                raise ValueError(f"band index {folder} was built with other parameters (theirs, ours): {diff}")
+            folders.append(folder)
+            files.add_run(len(folders), root, meta.files)
+            root = (root / meta.parent).resolve() if meta.parent is not None else None
+        return cls(folders, files)
+
+    def levels(self) -> list[tuple[int, list[str]]]:
+        return [(level, index_parts(folder)) for level, folder in enumerate(self.folders, 1)]
+
+    def docs(self) -> pa.Table:
+        tables = [old_docs(pq.read_table(p, schema=INDEX_SCHEMA), level) for level, paths in self.levels() for p in paths]
+        return pa.concat_tables(tables) if tables else SKETCH_SCHEMA.empty_table()
+
+    def digest(self) -> str:
+        return "+".join(content_digest(f) for f in self.folders)
 
 
-def decisions(components: pa.Table) -> pa.Table:
-    """(id, duplicate_of, cluster_id) for every new document that is not its cluster's keeper."""
-    df = pl.from_arrow(components.select(["node", "root"])).filter(pl.col("node").str.starts_with(NEW))
-    roots = df["root"].to_list()
-    return pa.table({
-        "id": df.select(key_id(pl.col("node"))).to_series().to_arrow().cast(pa.string()),
-        "duplicate_of": df.select(key_id(pl.col("root"))).to_series().to_arrow().cast(pa.string()),
-        "cluster_id": pa.array([xxhash.xxh64_hexdigest(r.encode()) for r in roots], pa.string()),
-    }, schema=DECISION_SCHEMA)
+# ---------------------------------------------------------------- Ray wiring
+
+def _route(df: pl.DataFrame, column: str, partitions: int) -> pl.DataFrame:
+    return df.with_columns((pl.col(column).hash(20240601) % partitions).cast(pl.Int32).alias(PART))
 
 
-def mark(batch: pa.Table, rejected: pa.Table, stage: str = STAGE) -> StageResult:
-    """Split a batch into kept rows and rows rejected by the `decisions` table."""
-    where = pc.index_in(batch["id"], value_set=rejected["id"])
-    hit = pc.is_valid(where)
-    picks = where.filter(hit)
-    return StageResult(
-        kept=batch.filter(pc.invert(hit)),
-        rejected=rejected_rows(batch.filter(hit), stage, REASON,
-                               duplicate_of=rejected["duplicate_of"].take(picks),
-                               cluster_id=rejected["cluster_id"].take(picks)),
-    )
+def _endpoints(pairs: pa.Table, partitions: int) -> pa.Table:
+    """Each pair twice, once per end, routed by the end's file so each file is read in one place."""
+    df = pl.from_arrow(pairs.select(["node", "root"]))
+    ends = pl.concat([df.with_columns(doc=pl.col("node")), df.with_columns(doc=pl.col("root"))])
+    loc = parts(pl.col("doc"))
+    routed = ends.with_columns(((loc["level"].cast(pl.Int64) * 1_000_003 + loc["file"]) % partitions)
+                               .cast(pl.Int32).alias(PART))
+    return routed.to_arrow()
 
 
-def index_rows(rows: pa.Table, rejected: pa.Table) -> pa.Table:
-    """The band index of the kept corpus: earlier-run rows plus the new rows not rejected."""
-    df = pl.from_arrow(rows.select(["band", "band_hash", "key"])).with_columns(id=key_id(pl.col("key")))
-    new = pl.col("key").str.starts_with(NEW)
-    dropped = pl.Series(rejected["id"].to_pylist(), dtype=pl.String)
-    keep = df.filter(~new | ~pl.col("id").is_in(dropped.implode()))
-    return keep.select(["band", "band_hash", "id"]).sort(["band", "band_hash", "id"]).to_arrow().cast(INDEX_SCHEMA)
+def _attach_sets(group: pa.Table, files: TextFiles, params: MinHashParams, partitions: int) -> pa.Table:
+    """The shingle set of each end, re-read from its file, routed by pair for verification."""
+    df = pl.from_arrow(group.select(["node", "root", "doc"])).unique()
+    docs = df["doc"].unique().sort().to_list()
+    blobs = dict(zip(docs, to_blobs(shingle_sets(files.texts(docs), params)).to_pylist()))
+    out = _route(df.with_columns(pair=pl.concat_str(["node", pl.lit("\x00"), "root"])), "pair", partitions)
+    return pa.table({"node": out["node"].to_arrow(), "root": out["root"].to_arrow(), "doc": out["doc"].to_arrow(),
+                     SETS: pa.array([blobs[d] for d in out["doc"].to_list()], pa.large_binary()),
+                     PART: out[PART].to_arrow()})
 
 
-def dedup_table(table: pa.Table, cfg: FuzzyDedupConfig, stage: str = STAGE,
-                old_index: pa.Table | None = None) -> tuple[StageResult, pa.Table]:
-    """The whole stage on one in-memory table, without Ray: (result, new band index)."""
-    settings = Settings.from_config(cfg)
-    rows = doc_band_rows(table, settings, 1)
-    if old_index is not None:
-        rows = pa.concat_tables([rows, old_band_rows(old_index, settings, 1)])
-    rejected = decisions(local_components(bucket_edges(rows, settings)))
-    return mark(table, rejected, stage), index_rows(rows, rejected)
-
-
-def find_band_index(run_root: str | Path) -> Path:
-    """The band index folder a finished run's fuzzy-dedup stage left behind."""
-    found = [p for p in sorted((Path(run_root) / "stages").glob(f"*fuzzy*/{INDEX_DIR}"))
-             if not p.parent.name.startswith(".") and (p / INDEX_PARAMS).is_file()]
-    if len(found) != 1:
-        raise FileNotFoundError(f"expected one finished fuzzy-dedup band index under {run_root}/stages, "
-                                f"found {len(found)}")
-    return found[0]
-
-
-def index_files(index_dir: Path, settings: Settings) -> list[str]:
-    """The index's Parquet files, after checking it was built with this run's parameters."""
-    meta = json.loads((index_dir / INDEX_PARAMS).read_text())
-    diff = {k: (meta.get(k), v) for k, v in settings.index_meta().items() if meta.get(k) != v}
-    if diff:
-        raise ValueError(f"band index {index_dir} was built with other parameters (theirs, ours): {diff}")
-    return sorted(str(p) for p in index_dir.glob("*.parquet"))
+def _verify(group: pa.Table, threshold: float) -> pa.Table:
+    sets = {d: from_blob(b) for d, b in zip(group["doc"].to_pylist(), group[SETS].to_pylist())}
+    pairs = pl.from_arrow(group.select(["node", "root"])).unique().sort(["node", "root"]).to_arrow()
+    return verified(pairs, sets, threshold).cast(EDGE_SCHEMA)
 
 
 def _collect(ds: ray.data.Dataset, schema: pa.Schema) -> pa.Table:
@@ -196,50 +244,112 @@ def _collect(ds: ray.data.Dataset, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
-def _rejections(edges: ray.data.Dataset, clustering: str, partitions: int) -> pa.Table:
+def _clusters(edges: ray.data.Dataset, clustering: str, detail: str) -> ray.data.Dataset:
+    """Decisions from verified edges: union-find on the driver when few, else large-star/small-star."""
     n_edges = edges.count()
-    if n_edges == 0:
-        return DECISION_SCHEMA.empty_table()
     if clustering == "union_find" or (clustering == "auto" and n_edges <= AUTO_LOCAL_EDGES):
-        return decisions(local_components(_collect(edges, EDGE_SCHEMA)))
-    components = distributed_components(edges, partitions)
-    return _collect(components.map_batches(decisions, batch_format="pyarrow"), DECISION_SCHEMA)
+        return ray.data.from_arrow(decisions(local_components(_collect(edges, EDGE_SCHEMA)), REASON, detail))
+    if n_edges == 0:
+        return ray.data.from_arrow(DECISION_SCHEMA.empty_table())
+    components = distributed_components(edges, PARTITIONS)
+    return components.map_batches(decisions, fn_kwargs={"reason": REASON, "detail": detail}, batch_format="pyarrow")
 
 
-def _write_index(rows: ray.data.Dataset, rejected: pa.Table, folder: Path, meta: dict, partitions: int) -> None:
+def _index_rows(batch: pa.Table) -> pa.Table:
+    """Documents (with band hashes) and rejections (without), keyed by location and routed by piece."""
+    if "key" in batch.column_names:
+        loc = pl.from_arrow(batch.select(["key"])).select(**parts(pl.col("key")))
+        return pa.table({"source": loc["source"].to_arrow(), "id": loc["id"].to_arrow(),
+                         "file": loc["file"].to_arrow(), "row": loc["row"].to_arrow(), HASHES: batch[HASHES],
+                         "_drop": pa.array([False] * batch.num_rows),
+                         PART: pc.remainder(loc["file"].to_arrow(), PARTITIONS).cast(pa.int32())}).cast(_INDEX_ROW)
+    n = batch.num_rows
+    return pa.table({"source": pa.nulls(n, pa.string()), "id": pa.nulls(n, pa.string()), "file": batch["_piece"],
+                     "row": batch["_row"], HASHES: pa.nulls(n, pa.list_(pa.uint64())), "_drop": pa.array([True] * n),
+                     PART: pc.remainder(batch["_piece"], PARTITIONS).cast(pa.int32())}).cast(_INDEX_ROW)
+
+
+_INDEX_ROW = pa.schema(list(INDEX_SCHEMA) + [("_drop", pa.bool_()), (PART, pa.int32())])
+
+
+def _write_index(docs: ray.data.Dataset, rejected: ray.data.Dataset, folder: Path, meta: IndexMeta) -> None:
+    """The band index of the documents this run keeps: one part per partition, then the metadata."""
+
     def write(group: pa.Table) -> pa.Table:
-        part = group[PART][0].as_py()
-        write_part(index_rows(group, rejected), folder / f"part-{part:05d}.parquet")
+        df = pl.from_arrow(group)
+        dropped = df.filter(pl.col("_drop")).select(["file", "row"])
+        kept = df.filter(~pl.col("_drop")).join(dropped, on=["file", "row"], how="anti").sort(["file", "row"])
+        part = int(df[PART][0])
+        write_parquet(kept.select(INDEX_SCHEMA.names).to_arrow().cast(INDEX_SCHEMA), folder / f"part-{part:05d}.parquet")
         return pa.table({"part": [part]})
 
     folder.mkdir(parents=True, exist_ok=True)
-    by_partition(rows, partitions).map_groups(write, batch_format="pyarrow").materialize()
-    atomic_write_json(folder / INDEX_PARAMS, meta)
+    rows = docs.select_columns(["key", HASHES]).map_batches(_index_rows, batch_format="pyarrow").union(
+        rejected.select_columns(["_piece", "_row"]).map_batches(_index_rows, batch_format="pyarrow"))
+    by_partition(rows, PARTITIONS).map_groups(write, batch_format="pyarrow").materialize()
+    write_meta(folder, meta)
 
 
-def build(ds: ray.data.Dataset, ctx: StageContext) -> ray.data.Dataset:
-    """Ray wiring: band rows -> bucket edges -> components -> decisions applied to every row."""
-    cfg = ctx.config.dedup.fuzzy
-    settings = Settings.from_config(cfg)
-    partitions = ctx.config.output.partitions
-    rows = ds.map_batches(doc_band_rows, fn_kwargs={"settings": settings, "partitions": partitions},
-                          batch_format="pyarrow")
-    if cfg.against:
-        files = index_files(find_band_index(cfg.against), settings)
-        if files:
-            old = ray.data.read_parquet(files).map_batches(
-                old_band_rows, fn_kwargs={"settings": settings, "partitions": partitions}, batch_format="pyarrow")
-            rows = rows.union(old)
-    rows = rows.materialize()
-    edges = by_partition(rows, partitions).map_groups(bucket_edges, fn_kwargs={"settings": settings},
-                                          batch_format="pyarrow").materialize()
-    rejected = _rejections(edges, cfg.clustering, partitions)
-    _write_index(rows, rejected, ctx.workdir / INDEX_DIR, settings.index_meta(), partitions)
+def _piece_files(docs: ray.data.Dataset, run_root: Path) -> dict[int, str]:
+    """This run's piece files, relative to the run root (they must lie inside it)."""
 
-    def fuzzy_dedup(batch: pa.Table) -> pa.Table:
-        return combine(mark(batch, rejected, ctx.name))
+    def distinct(batch: pa.Table) -> pa.Table:
+        return pl.from_arrow(batch.select(["_piece", "_file"])).unique().to_arrow()
 
-    return ds.map_batches(fuzzy_dedup, batch_format="pyarrow")
+    pairs = docs.select_columns(["_piece", "_file"]).map_batches(distinct, batch_format="pyarrow").take_all()
+    files = {}
+    for row in pairs:
+        path = Path(row["_file"]).resolve()
+        if run_root != path and run_root not in path.parents:
+            raise ValueError(f"kept-rows file {path} lies outside the run root {run_root}")
+        files[int(row["_piece"])] = str(path.relative_to(run_root))
+    return dict(sorted(files.items()))
+
+
+def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
+    """Ray wiring: sketches -> band buckets -> candidate pairs -> exact verification -> components."""
+    fuzzy = cfg.dedup.fuzzy
+    settings = Settings.from_config(fuzzy, cfg.dedup.keep)
+    run_root = Path(cfg.out).resolve()
+    earlier = Earlier.load(fuzzy.against, settings) if fuzzy.against else None
+
+    def fuzzy_dedup(ds: ray.data.Dataset) -> ray.data.Dataset:
+        docs = ds.map_batches(sketch, fn_kwargs={"settings": settings}, batch_format="pyarrow").materialize()
+        own = _piece_files(docs, run_root)
+        rows = docs.map_batches(band_rows, fn_kwargs={"partitions": PARTITIONS}, batch_format="pyarrow")
+        files = TextFiles()
+        files.add_run(0, run_root, own)
+        if earlier is not None:
+            files.paths.update(earlier.files.paths)
+            for level, paths in earlier.levels():
+                if paths:
+                    old = ray.data.read_parquet(paths, schema=INDEX_SCHEMA).map_batches(
+                        old_docs, fn_kwargs={"level": level}, batch_format="pyarrow")
+                    rows = rows.union(old.map_batches(band_rows, fn_kwargs={"partitions": PARTITIONS},
+                                                      batch_format="pyarrow"))
+        edges = by_partition(rows, PARTITIONS).map_groups(bucket_pairs, batch_format="pyarrow")
+        if settings.verify:
+            ends = edges.map_batches(_endpoints, fn_kwargs={"partitions": PARTITIONS}, batch_format="pyarrow")
+            with_sets = by_partition(ends, PARTITIONS).map_groups(
+                _attach_sets, fn_kwargs={"files": files, "params": settings.minhash, "partitions": PARTITIONS},
+                batch_format="pyarrow")
+            edges = by_partition(with_sets, PARTITIONS).map_groups(
+                _verify, fn_kwargs={"threshold": settings.threshold}, batch_format="pyarrow")
+        rejected = _clusters(edges.materialize(), fuzzy.clustering, settings.detail).materialize()
+        parent = os.path.relpath(Path(fuzzy.against).resolve(), run_root) if fuzzy.against else None
+        _write_index(docs, rejected, workdir / INDEX_DIR,
+                     IndexMeta(params=settings.index_params(), files=own, parent=parent))
+        return rejected
+
+    return fuzzy_dedup
+
+
+def fingerprint(cfg: SluiceConfig) -> str:
+    """Config section (without the `against` path), keep policy, the against chain's content, the code."""
+    fuzzy = cfg.dedup.fuzzy
+    earlier = Earlier.load(fuzzy.against, Settings.from_config(fuzzy, cfg.dedup.keep)) if fuzzy.against else None
+    return stage_fingerprint(__file__, {"fuzzy": fuzzy.model_dump(mode="json", exclude={"against"}),
+                                        "keep": cfg.dedup.keep, "against": earlier.digest() if earlier else None})
 
 
 def configure(cfg: SluiceConfig, threshold: float | None = None, num_perm: int | None = None,

@@ -19,7 +19,7 @@ from ray.data.grouped_data import GroupedData
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from stages.lsh import EDGE_SCHEMA
+from stages.dedup.lsh import EDGE_SCHEMA
 
 PART = "_part"
 CHANGED = "_changed"

@@ -31,7 +31,10 @@ RETRY = dict(cache_policy=NONE, retries=2, retry_delay_seconds=5, retry_conditio
 
 
 def _shuffle(module, cfg: SluiceConfig) -> ShuffleStage:
-    return ShuffleStage(module.STAGE, partial(module.build, cfg), module.fingerprint(cfg), frozenset(module.READS))
+    """A dedup stage; its `quality_score` matters only when the keeper policy ranks by it."""
+    reads = frozenset(module.READS)
+    requires = reads if cfg.dedup.keep == "quality" else reads - {"quality_score"}
+    return ShuffleStage(module.STAGE, partial(module.build, cfg), module.fingerprint(cfg), reads, requires)
 
 
 def plan_curate(cfg: SluiceConfig, only: list[str] | None = None) -> Plan:

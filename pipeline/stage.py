@@ -64,7 +64,8 @@ class ShuffleStage:
     name: str
     build: Callable[[Path], Callable[[ray.data.Dataset], ray.data.Dataset]]
     fingerprint: str
-    reads: frozenset[str]
+    reads: frozenset[str]  # loaded for it (an annotation no stage filled arrives as nulls)
+    requires: frozenset[str]  # of those, the ones an earlier stage must fill for it to make sense
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Plan:
         """Fail when the plan is built, not mid-run, if a stage reads what no earlier stage adds."""
         available = set(DOC_SCHEMA.names)
         for stage in [s for seg in self.segments for s in seg.stages] + self.shuffles:
-            missing = set(stage.reads) - available
+            missing = set(getattr(stage, "requires", stage.reads)) - available
             if missing:
                 raise PlanError(f"stage {stage.name!r} reads {sorted(missing)}, which no earlier stage adds: "
                                 "enable the stage that adds it or reorder")

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def docs(texts: list[str], source: str = "s") -> pa.Table:
     n = len(texts)
     return pa.Table.from_pydict({"id": [f"d{i:03d}" for i in range(n)], "text": texts, "source": [source] * n,
-                                 "url": [None] * n, "meta": [None] * n}, schema=DOC_SCHEMA)
+                                 "url": [None] * n, "meta": [None] * n, "origin": [None] * n},
+                                schema=DOC_SCHEMA)
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -125,31 +126,28 @@ def test_clean_normalises_and_rejects_empty():
 
 # -- exact dedup --------------------------------------------------------------------------------
 
+def keyed(table: pa.Table) -> pa.Table:
+    """Rows as a shuffle stage receives them: with their place in the (single) piece."""
+    return table.append_column("_piece", pa.array([0] * table.num_rows, pa.int32())) \
+        .append_column("_row", pa.array(range(table.num_rows), pa.int32()))
+
+
 def test_exact_dedup_keeps_smallest_source_and_id():
     t = pa.concat_tables([docs(["same", "other", "same"], source="b"), docs(["same"], source="a")])
-    out = exact_dedup.dedup(t)
-    assert sorted(zip(out.kept["source"].to_pylist(), out.kept["id"].to_pylist())) == [("a", "d000"), ("b", "d001")]
-    assert set(out.rejected["duplicate_of"].to_pylist()) == {"d000"}
-    assert out.rejected["reason"].to_pylist() == ["exact_duplicate"] * 2
-
-
-def test_exact_dedup_against_an_earlier_index_rejects_only_old_texts():
-    seen = pa.table({"hash": exact_dedup.text_hashes(pa.array(["kept before", "other old"])),
-                     "source": ["old", "old"], "id": ["o1", "o2"]}, schema=exact_dedup.INDEX_SCHEMA)
-    out = exact_dedup.dedup(docs(["brand new", "kept before", "brand new"], source="a"), seen=seen)
-    assert out.kept["id"].to_pylist() == ["d000"]
-    assert dict(zip(out.rejected["id"].to_pylist(), out.rejected["duplicate_of"].to_pylist())) == {
-        "d001": "o1", "d002": "d000"}
+    out = exact_dedup.process(keyed(t)).decisions
+    assert sorted(out["_row"].to_pylist()) == [0, 2]  # both of source b's copies lose to (a, d000)
+    assert set(zip(out["duplicate_of_source"].to_pylist(), out["duplicate_of"].to_pylist())) == {("a", "d000")}
+    assert out["reason"].to_pylist() == ["exact_duplicate"] * 2
 
 
 def test_exact_dedup_on_sms_spam_removes_exactly_the_repeated_copies(shared_data):
     with open(shared_data / "sms-spam" / "SMSSpamCollection.tsv", encoding="utf-8", newline="") as fh:
         texts = [row[1] for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)][1:]
     repeated = len(texts) - len(set(texts))  # counted independently: 403 per the data's manifest
-    out = exact_dedup.dedup(docs(texts))
-    assert out.rejected.num_rows == repeated == 403
-    assert out.kept.num_rows == len(set(texts))
-    assert sorted(out.kept["text"].to_pylist()) == sorted(set(texts))
+    out = exact_dedup.process(keyed(docs(texts))).decisions
+    assert out.num_rows == repeated == 403
+    survivors = set(range(len(texts))) - set(out["_row"].to_pylist())
+    assert sorted(texts[i] for i in survivors) == sorted(set(texts))
 
 
 # -- run directory ------------------------------------------------------------------------------

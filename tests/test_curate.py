@@ -78,7 +78,7 @@ def test_a_run_that_rejects_everything_still_reconciles(tmp_path, ray_cluster, p
     summary = run_curate(cfg)
     assert (summary.inputs, summary.kept, summary.rejected_by_reason) == (3, 0, {"empty": 3})
     assert [(s.stage, s.inputs) for s in summary.stages] == [
-        ("ingest", 3), ("clean", 3), ("duplicate_ids", 0), ("exact_dedup", 0), ("fuzzy_dedup", 0)]
+        ("ingest", 3), ("clean", 3), ("duplicate_id", 0), ("exact_dedup", 0), ("fuzzy_dedup", 0)]
 
 
 def _shared_inputs(shared: Path) -> list[dict]:
@@ -147,4 +147,4 @@ def test_a_changed_rule_reruns_from_the_rules_on_and_skips_ingest_and_clean(tmp_
     summary = run_curate(cfg)
     assert summary.rejected_by_reason == {"gopher.word_count": 40}
     changed = {p.relative_to(tmp_path / "run").parts[:2] for p, old in markers.items() if p.read_bytes() != old}
-    assert changed == {("pieces", "judge"), ("stages", "duplicate_ids"), ("stages", "exact_dedup"), ("stages", "final")}
+    assert changed == {("pieces", "judge"), ("stages", "duplicate_id"), ("stages", "exact_dedup"), ("stages", "final")}

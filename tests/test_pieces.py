@@ -236,5 +236,6 @@ def test_warc_truncated_mid_record(tmp_path, shared_data):
     (tmp_path / "cut.warc.gz").write_bytes(gz[:len(gz) // 2])
     [piece] = plan_pieces([only_file(tmp_path / "cut.warc.gz")], WHOLE)
     kept, rejected = read_all([piece])
-    assert reasons(rejected)["truncated"] == 1 and kept.num_rows > 5
+    assert reasons(rejected)["truncated"] == 2 and kept.num_rows > 5  # the record cut, and the break itself
+    assert "records after it cannot be read" in rejected["detail"][-1].as_py()
     assert kept.num_rows + rejected.num_rows == count_records(piece)

@@ -4,7 +4,8 @@ Record framing is read here, so that one bad record costs only itself: a record 
 beginning `WARC/1.`, its header block ends at a blank line, and its body is Content-Length bytes,
 after which only blank lines may come before the next record or the end of the file. A record that
 breaks this (a wrong Content-Length, a header block without end) is `malformed_record` at its byte
-offset and reading resyncs at the next `WARC/1.` line; a record the file ends inside is `truncated`.
+offset and reading resyncs at the next `WARC/1.` line; a record the file ends inside is `truncated`,
+and a broken compressed stream adds one `truncated` row for whatever followed the break.
 What is inside a well-framed record (HTTP headers, chunked or compressed bodies) is left to warcio.
 Offsets are in the decompressed stream. `warcinfo`, `request` and `metadata` records describe the
 crawl, not documents, and are passed over, even when broken; a `revisit` record (or any record
@@ -86,8 +87,9 @@ def _record_type(headers: list[Line]) -> str | None:
 def count(piece: Piece) -> int:
     """Records counted from their `WARC/1.` lines alone, whatever their Content-Length says: every
     version line at a line start in the piece, less those whose header names a non-document type,
-    plus one for non-blank bytes before a file's first record."""
-    stream = _stream(piece, [])
+    plus one for non-blank bytes before a file's first record and one for a broken compressed stream."""
+    cut: list[TruncatedStream] = []
+    stream = _stream(piece, cut)
     records, seen_version = 0, piece.start > 0
     at_start, line = stream.at_line_start, stream.line(LINE_LIMIT)
     while line is not None and (piece.end is None or line.offset < piece.end):
@@ -101,7 +103,7 @@ def count(piece: Piece) -> int:
         elif not seen_version and not line.blank:
             records, seen_version = records + 1, True
         at_start, line = stream.at_line_start, stream.line(LINE_LIMIT)
-    return records
+    return records + bool(cut)
 
 
 @dataclass
@@ -200,6 +202,9 @@ def read(piece: Piece, rows: Rows, html_extractor: str = "trafilatura") -> Itera
                               _field(frame.headers, b"warc-target-uri"), position=frame.offset)
         else:
             yield _document(frame, rows, extract, html_extractor)
+    if cut:  # whatever followed a broken compressed stream is lost: say so once, at the break
+        yield rows.reject(rows.derived_id(f"truncated@{cut[0].offset}"), b"", "truncated", cut[0].offset,
+                          f"{cut[0]}; records after it cannot be read")
 
 
 def _document(frame: _Frame, rows: Rows, extract: Extractor, extractor_name: str) -> Outcome:

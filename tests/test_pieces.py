@@ -95,7 +95,8 @@ def test_tsv_pieces_take_the_header_from_the_file(tmp_path):
 
 
 def test_csv_is_one_piece_and_counted_by_rows(tmp_path, shared_data):
-    (tmp_path / "q.csv").write_bytes(b'id,body\n' + b"".join(b'%d,"line one\nline two %d"\n' % (i, i) for i in range(200)))
+    records = b"".join(b'%d,"line one\nline two %d"\n' % (i, i) for i in range(200))
+    (tmp_path / "q.csv").write_bytes(b"id,body\n" + records)
     f = only_file(tmp_path / "q.csv", text_field="body")
     [piece] = plan_pieces([f], 100)
     kept, rejected = read_all([piece])
@@ -119,7 +120,8 @@ def test_compressed_and_utf16_files_are_one_piece(tmp_path):
 
 def test_twenty_megabyte_line_is_too_long_without_being_held(tmp_path):
     big = json.dumps({"text": "word " * 4_000_000})
-    (tmp_path / "big.jsonl").write_text(json.dumps({"text": "small"}) + "\n" + big + "\n" + json.dumps({"text": "after"}) + "\n")
+    small, after = json.dumps({"text": "small"}), json.dumps({"text": "after"})
+    (tmp_path / "big.jsonl").write_text(f"{small}\n{big}\n{after}\n")
     [piece] = plan_pieces([only_file(tmp_path / "big.jsonl")], WHOLE)
     tracemalloc.start()
     try:

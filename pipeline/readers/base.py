@@ -73,7 +73,7 @@ def id_value(value) -> str | None:
 
 
 TOO_LONG_PREFIX = 65_536  # characters of a too_long record kept in its rejected row
-BATCH_TEXT_BYTES = 64 << 20  # a batch also ends at this much text, so a batch of long documents stays bounded
+BATCH_TEXT_CHARS = 64 << 20  # a batch also ends at this much text, so a batch of long documents stays bounded
 
 
 def raw_limit(max_chars: int) -> int:
@@ -137,7 +137,7 @@ class Rows:
 
 
 def batches(outcomes: Iterator[Outcome], batch_rows: int) -> Iterator[StageResult]:
-    """Outcomes in input order as StageResults of at most `batch_rows` rows (or about BATCH_TEXT_BYTES
+    """Outcomes in input order as StageResults of at most `batch_rows` rows (or about BATCH_TEXT_CHARS
     of text); at least one, possibly empty, so a consumer always sees the schema."""
     kept: list[dict] = []
     rejected: list[dict] = []
@@ -161,7 +161,7 @@ def batches(outcomes: Iterator[Outcome], batch_rows: int) -> Iterator[StageResul
             reasons.append(outcome.reason)
             details.append(outcome.detail)
         size += len(outcome.doc["text"])
-        if len(kept) + len(rejected) >= batch_rows or size >= BATCH_TEXT_BYTES:
+        if len(kept) + len(rejected) >= batch_rows or size >= BATCH_TEXT_CHARS:
             yield flush()
             size, emitted = 0, True
     if kept or rejected or not emitted:

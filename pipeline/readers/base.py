@@ -1,7 +1,8 @@
-"""What every reader shares: the input file handle, the fail-fast error, and the row collector.
+"""What every reader shares: the input file and piece, the fail-fast error, the row maker, the batcher.
 
-The collector is where the ledger's promise is kept for ingestion: every record a reader meets is
-either `keep`-ed as a document or `reject`-ed with a reason code and a `file:line`/offset detail.
+`Rows` is where the ledger's promise is kept for ingestion: every record a reader meets becomes
+an `Outcome`, either a kept document or a rejected row with a reason code and a `file:line`/offset
+detail, and every row names its `origin`. `batches` turns a reader's outcomes into bounded tables.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""What every reader shares: the input file handle, the fail-fast error, and the row collector.
+"""What every reader shares: the input file and piece, the fail-fast error, the row maker, the batcher.
 
-The collector is where the ledger's promise is kept for ingestion: every record a reader meets is
-either `keep`-ed as a document or `reject`-ed with a reason code and a `file:line`/offset detail.
+`Rows` is where the ledger's promise is kept for ingestion: every record a reader meets becomes
+an `Outcome`, either a kept document or a rejected row with a reason code and a `file:line`/offset
+detail, and every row names its `origin`. `batches` turns a reader's outcomes into bounded tables.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def id_value(value) -> str | None:
 
 
 TOO_LONG_PREFIX = 65_536  # characters of a too_long record kept in its rejected row
-BATCH_TEXT_BYTES = 64 << 20  # a batch also ends at this much text, so a batch of long documents stays bounded
+BATCH_TEXT_CHARS = 64 << 20  # a batch also ends at this much text, so a batch of long documents stays bounded
 
 
 def raw_limit(max_chars: int) -> int:
@@ -137,7 +138,7 @@ class Rows:
 
 
 def batches(outcomes: Iterator[Outcome], batch_rows: int) -> Iterator[StageResult]:
-    """Outcomes in input order as StageResults of at most `batch_rows` rows (or about BATCH_TEXT_BYTES
+    """Outcomes in input order as StageResults of at most `batch_rows` rows (or about BATCH_TEXT_CHARS
     of text); at least one, possibly empty, so a consumer always sees the schema."""
     kept: list[dict] = []
     rejected: list[dict] = []
@@ -161,7 +162,7 @@ def batches(outcomes: Iterator[Outcome], batch_rows: int) -> Iterator[StageResul
             reasons.append(outcome.reason)
             details.append(outcome.detail)
         size += len(outcome.doc["text"])
-        if len(kept) + len(rejected) >= batch_rows or size >= BATCH_TEXT_BYTES:
+        if len(kept) + len(rejected) >= batch_rows or size >= BATCH_TEXT_CHARS:
             yield flush()
             size, emitted = 0, True
     if kept or rejected or not emitted:

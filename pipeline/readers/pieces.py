@@ -71,12 +71,12 @@ def _record_starts(path: str, size: int, max_bytes: int) -> list[int]:
 
 def _file_ranges(f: InputFile, max_bytes: int) -> list[tuple[int, int | None, int]]:
     """(start, end, records before) of each piece of one file."""
-    if f.format == "parquet":
-        size = Path(f.path).stat().st_size
-        return [(start, end, before) for start, end, before in parquet.plan(f.path, max_bytes)] \
-            if size > max_bytes else [(0, None, 0)]
     size = Path(f.path).stat().st_size
-    if size <= max_bytes or is_compressed(f.path) or bom_encoding(read_head(f.path, 4)):
+    if size <= max_bytes:
+        return [(0, None, 0)]
+    if f.format == "parquet":
+        return parquet.plan(f.path, max_bytes)
+    if is_compressed(f.path) or bom_encoding(read_head(f.path, 4)):
         return [(0, None, 0)]
     if f.format in LINE_FORMATS:
         starts = _line_starts(f.path, size, max_bytes)

@@ -149,27 +149,26 @@ class ByteReader:
 
     def line(self, limit: int) -> Line | None:
         """The next line, its bytes kept up to `limit`; None at the end of the stream."""
-        start, kept, length, blank = self.offset, b"", 0, True
+        start, kept, length, blank = self.offset, _Prefix(limit), 0, True
         while True:
             end = self._buf.find(b"\n", self._at)
             part = self._take((end + 1 if end >= 0 else len(self._buf)) - self._at)
             length += len(part)
             blank = blank and not part.strip()
-            if len(kept) < limit:
-                kept += part[:limit - len(kept)]
+            kept.add(part)
             if end >= 0:
                 break
             try:
                 more = self._fill()
             except TruncatedStream as err:
-                err.partial = kept
+                err.partial = kept.value()
                 raise
             if not more:
                 if not length:
                     return None
                 break
         self.number += 1
-        return Line(self.number - 1, start, kept, length, blank)
+        return Line(self.number - 1, start, kept.value(), length, blank)
 
     def rewind(self, data: bytes) -> None:
         """Put back `data`, the last bytes consumed, which start a line: a reader that went too far
@@ -180,21 +179,38 @@ class ByteReader:
 
     def read(self, n: int, keep: int) -> tuple[bytes, int]:
         """Consume up to `n` bytes; returns the first `keep` of them and how many there were."""
-        kept, got = b"", 0
+        kept, got = _Prefix(keep), 0
         while got < n:
             if self._at == len(self._buf):
                 try:
                     more = self._fill()
                 except TruncatedStream as err:
-                    err.partial = kept
+                    err.partial = kept.value()
                     raise
                 if not more:
                     break
             part = self._take(n - got)
             got += len(part)
-            if len(kept) < keep:
-                kept += part[:keep - len(kept)]
-        return kept, got
+            kept.add(part)
+        return kept.value(), got
+
+
+class _Prefix:
+    """The first `limit` bytes of what is added, gathered without copying them over and over."""
+
+    def __init__(self, limit: int):
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+
+    def add(self, data: bytes) -> None:
+        if self.size < self.limit:
+            part = data[:self.limit - self.size]
+            self.parts.append(part)
+            self.size += len(part)
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
 
 
 def utf8_chunks(path: str | Path, start: int = 0) -> tuple[Iterator[bytes], dict]:

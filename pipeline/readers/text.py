@@ -1,6 +1,7 @@
 """Plain text files: one document per file (a folder of them is expanded by `expand_inputs`)."""
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 from pipeline.readers.base import Outcome, Piece, Rows
@@ -14,7 +15,7 @@ def read(piece: Piece, rows: Rows) -> Iterator[Outcome]:
     stream = ByteReader(chunks(f.path))
     try:
         raw, length = stream.read(rows.raw_limit + 1, rows.raw_limit + 1)
-        length += stream.read(1 << 62, 0)[1]  # the rest of a file too big to hold is only measured
+        length += stream.read(sys.maxsize, 0)[1]  # the rest of a file too big to hold is only measured
     except TruncatedStream as err:
         yield rows.reject(rows.derived_id(f"truncated@{err.offset}"), err.partial, "truncated", err.offset,
                           str(err), position=1)

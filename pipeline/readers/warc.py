@@ -4,8 +4,10 @@ Record framing is read here, so that one bad record costs only itself: a record 
 beginning `WARC/1.`, its header block ends at a blank line, and its body is Content-Length bytes,
 after which only blank lines may come before the next record or the end of the file. A record that
 breaks this (a wrong Content-Length, a header block without end) is `malformed_record` at its byte
-offset and reading resyncs at the next `WARC/1.` line; a record the file ends inside is `truncated`.
-What is inside a well-framed record (HTTP headers, chunked or compressed bodies) is left to warcio.
+offset and reading resyncs at the next `WARC/1.` line; a record the file ends inside is `truncated`,
+and a broken compressed stream adds one `truncated` row for whatever followed the break.
+The HTTP message inside a response or revisit record (headers, chunked or compressed bodies) is
+left to warcio.
 Offsets are in the decompressed stream. `warcinfo`, `request` and `metadata` records describe the
 crawl, not documents, and are passed over, even when broken; a `revisit` record (or any record
 without a body) is rejected as `warc_no_body`.
@@ -28,6 +30,7 @@ LINE_LIMIT = 1 << 16  # bytes of a header line (or a scanned body line) kept
 NOT_DOCUMENTS = {"warcinfo", "request", "metadata"}
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
 TEXT_TYPES = {"text/plain"}
+HTTP_RECORDS = {"response", "revisit"}  # their block is an HTTP message, not the payload itself
 
 
 def _until_cut(parts: Iterator[bytes], cut: list[TruncatedStream]) -> Iterator[bytes]:
@@ -70,49 +73,52 @@ def _header_block(stream: ByteReader) -> tuple[list[Line], Line | None, bool]:
         headers.append(line)
 
 
-def _field(headers: list[Line], name: bytes) -> str | None:
+def _fields(headers: list[Line]) -> dict[str, str]:
+    """Header names (lower case) to values; the first of a repeated name wins."""
+    fields: dict[str, str] = {}
     for line in headers:
-        key, sep, value = line.raw.partition(b":")
-        if sep and key.strip().lower() == name:
-            return value.strip().decode("utf-8", "replace")
-    return None
+        name, sep, value = line.raw.partition(b":")
+        if sep:
+            fields.setdefault(name.strip().lower().decode("utf-8", "replace"), value.strip().decode("utf-8", "replace"))
+    return fields
 
 
-def _record_type(headers: list[Line]) -> str | None:
-    kind = _field(headers, b"warc-type")
+def _record_type(fields: dict[str, str]) -> str | None:
+    kind = fields.get("warc-type")
     return kind.lower() if kind else None
 
 
 def count(piece: Piece) -> int:
     """Records counted from their `WARC/1.` lines alone, whatever their Content-Length says: every
     version line at a line start in the piece, less those whose header names a non-document type,
-    plus one for non-blank bytes before a file's first record."""
-    stream = _stream(piece, [])
+    plus one for non-blank bytes before a file's first record and one for a broken compressed stream."""
+    cut: list[TruncatedStream] = []
+    stream = _stream(piece, cut)
     records, seen_version = 0, piece.start > 0
     at_start, line = stream.at_line_start, stream.line(LINE_LIMIT)
     while line is not None and (piece.end is None or line.offset < piece.end):
         if _is_version(line, at_start):
             seen_version = True
             headers, ended_by, _ = _header_block(stream)
-            records += _record_type(headers) not in NOT_DOCUMENTS
+            records += _record_type(_fields(headers)) not in NOT_DOCUMENTS
             if ended_by is not None and not ended_by.blank:  # the next version line ended the block
                 line = ended_by
                 continue
         elif not seen_version and not line.blank:
             records, seen_version = records + 1, True
         at_start, line = stream.at_line_start, stream.line(LINE_LIMIT)
-    return records
+    return records + bool(cut)
 
 
 @dataclass
 class _Frame:
-    """One record as framed: its offset and type, its header bytes and lines, its body as far as it
+    """One record as framed: its offset and type, its header bytes and fields, its body as far as it
     was kept, and what is wrong with its framing (a reason and a message), if anything."""
 
     offset: int
     kind: str | None
     head: bytes
-    headers: list[Line]
+    fields: dict[str, str]
     length: int = 0  # Content-Length
     body: bytes = b""
     problem: tuple[str, str] | None = None
@@ -131,7 +137,8 @@ def _frame(stream: ByteReader, version: Line, limit: int, cut: list[TruncatedStr
     """The record that starts at `version`, and the first line of the next one (None at the end)."""
     headers, ended_by, complete = _header_block(stream)
     head = version.raw + b"".join(line.raw for line in headers) + (ended_by.raw if complete else b"")
-    frame = _Frame(version.offset, _record_type(headers), head, headers)
+    fields = _fields(headers)
+    frame = _Frame(version.offset, _record_type(fields), head, fields)
     if not complete:
         if ended_by is None:
             frame.problem = ("truncated", "file ends inside the record's header" + _cut_note(cut))
@@ -139,7 +146,7 @@ def _frame(stream: ByteReader, version: Line, limit: int, cut: list[TruncatedStr
             frame.problem = ("malformed_record", f"header has no end before the next record at {ended_by.offset}")
         return frame, ended_by
     try:
-        frame.length = int(_field(headers, b"content-length") or "")
+        frame.length = int(fields.get("content-length", ""))
         if frame.length < 0:
             raise ValueError
     except ValueError:
@@ -197,39 +204,35 @@ def read(piece: Piece, rows: Rows, html_extractor: str = "trafilatura") -> Itera
             reason, message = frame.problem
             position = f"truncated@{frame.offset}" if reason == "truncated" else frame.offset
             yield rows.reject(rows.derived_id(position), frame.head + frame.body, reason, frame.offset, message,
-                              _field(frame.headers, b"warc-target-uri"), position=frame.offset)
+                              frame.fields.get("warc-target-uri"), position=frame.offset)
         else:
             yield _document(frame, rows, extract, html_extractor)
+    if cut:  # whatever followed a broken compressed stream is lost: say so once, at the break
+        yield rows.reject(rows.derived_id(f"truncated@{cut[0].offset}"), b"", "truncated", cut[0].offset,
+                          f"{cut[0]}; records after it cannot be read")
 
 
 def _document(frame: _Frame, rows: Rows, extract: Extractor, extractor_name: str) -> Outcome:
     """A well-framed record's document, or why it has none."""
     offset, derived = frame.offset, rows.derived_id(frame.offset)
-    url = _field(frame.headers, b"warc-target-uri")
-    meta = {"warc_type": frame.kind, "warc_record_id": _field(frame.headers, b"warc-record-id"),
-            "warc_date": _field(frame.headers, b"warc-date")}
+    url = frame.fields.get("warc-target-uri")
+    meta = {"warc_type": frame.kind, "warc_record_id": frame.fields.get("warc-record-id"),
+            "warc_date": frame.fields.get("warc-date"), "content_type": frame.fields.get("content-type")}
     if frame.length > rows.raw_limit:
         return rows.unread(derived, frame.body, frame.length, offset, url, meta)
-    try:
-        record = next(iter(ArchiveIterator(io.BytesIO(frame.head + frame.body + b"\r\n\r\n"))))
-    except Exception as err:  # noqa: BLE001 - whatever warcio cannot parse is this record's problem
-        return rows.reject(derived, frame.head, "malformed_record", offset,
-                           f"unparseable WARC record: {type(err).__name__}: {err}", url, meta)
-    kind = record.rec_type
-    if kind in ("response", "revisit"):
-        http = record.http_headers
-        content_type = http.get_header("Content-Type") if http else None
-    else:
-        http, content_type = None, record.rec_headers.get_header("Content-Type")
-    mime = (content_type or "").split(";")[0].strip().lower()
-    meta["content_type"] = content_type
-    if http is not None:
-        meta["http_status"] = http.get_statuscode()
-    try:
-        payload = record.content_stream().read()
-    except Exception as err:  # noqa: BLE001 - a broken chunked/compressed body is this record's problem
-        return rows.reject(derived, frame.head, "malformed_record", offset,
-                           f"{kind} body unreadable: {type(err).__name__}: {err}", url, meta)
+    kind, payload = frame.kind, frame.body
+    if kind in HTTP_RECORDS:  # warcio for what HTTP wraps around the payload (chunked, gzip, brotli)
+        try:
+            record = next(iter(ArchiveIterator(io.BytesIO(frame.head + frame.body + b"\r\n\r\n"))))
+            http = record.http_headers
+            meta["content_type"] = http.get_header("Content-Type") if http else None
+            if http is not None:
+                meta["http_status"] = http.get_statuscode()
+            payload = record.content_stream().read()
+        except Exception as err:  # noqa: BLE001 - a broken HTTP message is this record's problem
+            return rows.reject(derived, frame.head, "malformed_record", offset,
+                               f"{kind} body unreadable: {type(err).__name__}: {err}", url, meta)
+    mime = (meta["content_type"] or "").split(";")[0].strip().lower()
     if kind == "revisit" or not payload:
         return rows.reject(derived, frame.head, "warc_no_body", offset, f"{kind} record has no body", url, meta)
     if mime in HTML_TYPES or (not mime and payload.lstrip()[:1] == b"<"):

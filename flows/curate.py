@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from pathlib import Path
 
 import ray
 from prefect import flow, task

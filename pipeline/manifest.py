@@ -30,7 +30,7 @@ FORMAT = "sluice-shards/1"
 
 
 class ShardError(RuntimeError):
-    """A shard folder, manifest or shard that is missing, malformed, truncated or altered; the message names the file."""
+    """A shard folder, manifest or shard that is missing, malformed, truncated or altered; names the file."""
 
 
 class ShardEntry(Section):

@@ -126,9 +126,9 @@ def encode_docs(tokenizer: Tokenizer, texts: list[str], eod_id: int | None, dtyp
 
 def tokenize_docs(tokenizer: Tokenizer, docs: pa.Table, eod_id: int | None, dtype: np.dtype) -> pa.Table:
     """Curated documents (id, text, source) in; doc_id, source and tokens out, `ENCODE_BATCH` at a time."""
-    texts = [t or "" for t in docs["text"].to_pylist()]
-    tokens = [encode_docs(tokenizer, texts[i:i + ENCODE_BATCH], eod_id, dtype)
-              for i in range(0, len(texts), ENCODE_BATCH)]
+    texts = docs["text"]
+    tokens = [encode_docs(tokenizer, [t or "" for t in texts.slice(i, ENCODE_BATCH).to_pylist()], eod_id, dtype)
+              for i in range(0, docs.num_rows, ENCODE_BATCH)]
     list_type = pa.list_(pa.from_numpy_dtype(dtype))
     return pa.table({"doc_id": docs["id"].cast(pa.string()), "source": docs["source"].cast(pa.string()),
                      "tokens": pa.chunked_array(tokens, list_type)})
@@ -202,10 +202,10 @@ def read_scratch(path: Path) -> pa.Table:
 
 
 def bucket_counts(piece: int, keys: np.ndarray, lengths: np.ndarray, shift: int) -> pa.Table:
-    """Documents and tokens per bucket of one piece's sorted keys: the only data pass 1 returns."""
+    """Documents and tokens per bucket of one piece's sorted (non-empty) keys: all that pass 1 returns."""
     buckets, first = np.unique(keys >> np.uint64(shift), return_index=True)
     docs = np.diff(np.append(first, len(keys)))
-    tokens = np.add.reduceat(lengths, first) if len(first) else np.zeros(0, np.int64)
+    tokens = np.add.reduceat(lengths, first)
     return pa.table({"piece": np.full(len(buckets), piece, np.int64), "bucket": buckets.astype(np.int64),
                      "docs": docs.astype(np.int64), "tokens": tokens.astype(np.int64)}, schema=BUCKET_COUNTS)
 
@@ -222,8 +222,8 @@ def make_tokenize_task(tokenizer_json: str, eod_id: int | None, dtype: np.dtype,
             if not docs.num_rows:
                 continue
             keys, positions = ordering.keys(docs, piece["piece"])
-            table = tokenize_docs(tokenizer, docs, eod_id, dtype).append_column(KEY, pa.array(keys)) \
-                .append_column(POSITION, pa.array(positions))
+            table = tokenize_docs(tokenizer, docs, eod_id, dtype)
+            table = table.append_column(KEY, pa.array(keys)).append_column(POSITION, pa.array(positions))
             table = table.take(pc.sort_indices(table, sort_keys=[(KEY, "ascending"), (POSITION, "ascending")]))
             write_scratch(scratch_file(scratch, piece["piece"]), table)
             lengths = pc.list_value_length(table["tokens"]).to_numpy().astype(np.int64)
@@ -303,7 +303,7 @@ def make_shard_task(scratch: Path, spans: PieceSpans, ordering: Ordering, tokens
                     dtype: np.dtype) -> Callable[[pa.Table], pa.Table]:
     """The Ray Data function: shard windows in, the manifest entries of the shards they wrote out."""
 
-    def write(windows: pa.Table) -> pa.Table:
+    def shard(windows: pa.Table) -> pa.Table:
         rows = []
         for w in windows.to_pylist():
             window = ShardWindow(**w)
@@ -314,7 +314,7 @@ def make_shard_task(scratch: Path, spans: PieceSpans, ordering: Ordering, tokens
                 rows.append({"window": window.index, "entry": entry.model_dump_json()})
         return pa.Table.from_pylist(rows, schema=WRITTEN)
 
-    return write
+    return shard
 
 
 def encode_into_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,
@@ -578,7 +578,8 @@ def append_shards(run_dir: str | Path, shard_dir: str | Path, config: SluiceConf
         entries = encode_into_shards(files, config, tokenizer, out, manifest.tokenizer.eod_id,
                                      np.dtype(manifest.dtype), version=manifest.version + 1,
                                      first_index=len(manifest.shards), blocks=blocks)
-        manifest = manifest.extend(entries, fingerprint=fingerprint, config_hash=config.section_hash("tokenize", "shard"))
+        manifest = manifest.extend(entries, fingerprint=fingerprint,
+                                   config_hash=config.section_hash("tokenize", "shard"))
         write_manifest(out, manifest)
     log.info("tokenize: version %d of %s adds %d docs, %d tokens in %d shards", manifest.version, out,
              sum(e.docs for e in entries), sum(e.tokens for e in entries), len(entries))

@@ -1,16 +1,25 @@
-"""Tokenize + shard throughput against raw `Tokenizer.encode_batch`, and loader throughput against numpy memmap.
+"""Tokenize + shard throughput against raw `Tokenizer.encode_batch`, the driver's peak memory across corpus
+sizes, and loader throughput against a numpy memmap loop.
 
-Same text, same machine, one run. The Ray cluster is started and warmed before timing, as a
-long-lived cluster would be. Ratios above 1 mean Sluice is faster.
+Same text, same machine, one run. The text is real (WikiText-2, Project Gutenberg books, Shakespeare,
+inaugural addresses from ../shared/data) cut into 1-10 KB documents, repeated to reach each size.
+Raw `encode_batch` runs here, on all the documents in one call. Sluice runs as a user's driver does,
+in a fresh process that starts its own Ray, warms it on a small run, then times `tokenize_run` and
+reports its own peak RSS: the driver holds counts, never the corpus, so that peak stays flat as the
+corpus grows. The two paths alternate, --trials times each, and the best time of each counts (the
+least disturbed by other load). Ratios above 1 mean Sluice is faster.
 
-    .venv/bin/python benchmarks/tokenize_bench.py              # ~4 MB of real text
-    .venv/bin/python benchmarks/tokenize_bench.py --repeat 8   # bigger
+    .venv/bin/python benchmarks/tokenize_bench.py                 # 10 MB and 40 MB
+    .venv/bin/python benchmarks/tokenize_bench.py --mb 10 40 160  # bigger
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -28,23 +36,58 @@ SHARED = ROOT.parent / "shared" / "data"
 from pipeline.config import SluiceConfig  # noqa: E402
 from pipeline.schema import DOC_SCHEMA  # noqa: E402
 
+DOC_CHARS = (1_000, 10_000)
 
-def corpus(repeat: int) -> list[str]:
-    """Wikipedia articles, Shakespeare scenes and inaugural addresses, `repeat` times."""
-    texts = []
-    for rel, sep in [("wikitext-2/test.txt", "\n = "), ("wikitext-2/valid.txt", "\n = "),
-                     ("tinyshakespeare/input.txt", "\n\n")]:
-        texts += [t for t in (SHARED / rel).read_text(encoding="utf-8").split(sep) if t.strip()]
-    inaugural = sorted((SHARED / "nltk-corpora/inaugural").glob("*.txt"))
-    texts += [p.read_text(encoding="utf-8", errors="replace") for p in inaugural]
-    return texts * repeat
+
+def read_text(path: Path) -> str:
+    """UTF-8, or cp1252 for the Gutenberg files that are not."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def base_documents() -> list[str]:
+    """The real texts, cut at paragraph breaks into documents of 1-10 KB (seeded lengths)."""
+    rng = np.random.default_rng(0)
+    sources = [SHARED / "wikitext-2/test.txt", SHARED / "wikitext-2/valid.txt", SHARED / "tinyshakespeare/input.txt"]
+    sources += sorted((SHARED / "gutenberg").glob("*.txt")) + sorted((SHARED / "nltk-corpora/inaugural").glob("*.txt"))
+    docs = []
+    for path in sources:
+        paragraphs = [p for p in re.split(r"\n[ \t\r]*\n", read_text(path)) if p.strip()]
+        current, target = [], rng.integers(*DOC_CHARS)
+        for p in paragraphs:
+            current.append(p)
+            if sum(map(len, current)) >= target:
+                docs.append("\n\n".join(current))
+                current, target = [], rng.integers(*DOC_CHARS)
+        if current:
+            docs.append("\n\n".join(current))
+    return docs
+
+
+def corpus(megabytes: float, base: list[str]) -> list[str]:
+    """`base` repeated (copy k of a document gets a line naming the copy) up to `megabytes` of UTF-8."""
+    out, size, copy = [], 0, 0
+    while size < megabytes * 1e6:
+        for doc in base:
+            text = f"[copy {copy}]\n{doc}"
+            out.append(text)
+            size += len(text.encode())
+            if size >= megabytes * 1e6:
+                break
+        copy += 1
+    return out
 
 
 def write_run(root: Path, texts: list[str], parts: int = 8) -> Path:
-    rows = [{"id": f"d{i:08d}", "text": t, "source": "bench", "url": None, "meta": None} for i, t in enumerate(texts)]
+    """A curated run as the pipeline leaves it: RUN/kept/part-*.parquet."""
     (root / "kept").mkdir(parents=True)
     for p in range(parts):
-        pq.write_table(pa.Table.from_pylist(rows[p::parts], schema=DOC_SCHEMA), root / "kept" / f"part-{p:05d}.parquet")
+        rows = [{"id": f"d{i:08d}", "text": texts[i], "source": "bench", "url": None, "meta": None}
+                for i in range(p, len(texts), parts)]
+        pq.write_table(pa.Table.from_pylist(rows, schema=DOC_SCHEMA), root / "kept" / f"part-{p:05d}.parquet")
     return root
 
 
@@ -59,39 +102,60 @@ def timed(fn, trials: int = 1, before=lambda: None):
     return result, best
 
 
-def bench_tokenize(args, tmp: Path) -> Path:
-    from tokenizers import Tokenizer
+def config() -> SluiceConfig:
+    return SluiceConfig.model_validate({"ray": {"dashboard": False}, "shard": {"tokens_per_shard": 2_000_000}})
 
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries that over from the parent
+    through fork + exec, so a child would report the benchmark's own peak."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def sluice_driver(run: Path, warmup: Path, tokenizer: str) -> None:
+    """The child process: a user's driver. Prints its timing and its own peak RSS as JSON."""
+    from pipeline.manifest import read_manifest
     from pipeline.runtime import start_ray
-    from stages.shard import read_manifest
     from stages.tokenize import tokenize_run
 
-    texts = corpus(args.repeat)
-    run = write_run(tmp / "run", texts)
-    cfg = SluiceConfig.model_validate({"ray": {"dashboard": False}, "shard": {"tokens_per_shard": 5_000_000}})
+    cfg = config()
     start_ray(cfg.ray)
-    tokenize_run(write_run(tmp / "warmup", texts[:200]), cfg, tokenizer=args.tokenizer)  # start Ray's workers
+    tokenize_run(warmup, cfg, tokenizer=tokenizer)  # start Ray's workers, as a long-lived cluster has them
+    before = peak_rss_mb()
+    shutil.rmtree(run / "shards", ignore_errors=True)
+    shards, seconds = timed(lambda: tokenize_run(run, cfg, tokenizer=tokenizer))
+    m = read_manifest(shards)
+    print(json.dumps({"seconds": seconds, "tokens": m.tokens, "docs": m.docs, "shards": len(m.shards),
+                      "rss_before_mb": before, "rss_peak_mb": peak_rss_mb()}))
 
+
+def bench_size(args, megabytes: float, base: list[str], tmp: Path) -> dict:
+    """Raw encode_batch here and Sluice in a fresh driver process, alternately, `trials` times each."""
+    from tokenizers import Tokenizer
+
+    texts = corpus(megabytes, base)
+    run = write_run(tmp / f"run-{megabytes:g}", texts)
+    warmup = write_run(tmp / f"warmup-{megabytes:g}", texts[:200])
     tok = Tokenizer.from_file(args.tokenizer)
-    n_raw, raw_s = timed(lambda: sum(len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)),
-                         args.trials)
-    _, fast_s = timed(lambda: tok.encode_batch_fast(texts, add_special_tokens=False), args.trials)
-    shards, sluice_s = timed(lambda: tokenize_run(run, cfg, tokenizer=args.tokenizer), args.trials,
-                             before=lambda: shutil.rmtree(run / "shards", ignore_errors=True))
-    n_sluice = read_manifest(shards)["tokens"] - len(texts)  # without the EOD tokens Sluice adds
-
+    raw_s, sluice = float("inf"), []
+    for _ in range(args.trials):
+        n_raw, seconds = timed(lambda: sum(len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)))
+        raw_s = min(raw_s, seconds)
+        child = subprocess.run([sys.executable, __file__, "--driver", str(run), str(warmup), "--tokenizer",
+                                args.tokenizer], check=True, capture_output=True, text=True,
+                               env=os.environ | {"PYTHONPATH": str(ROOT)})
+        sluice.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    best = min(sluice, key=lambda r: r["seconds"])
+    assert best["tokens"] - best["docs"] == n_raw, "Sluice and raw encode_batch disagree on the token count"
     mb = sum(len(t.encode()) for t in texts) / 1e6
-    print(f"\ntokenize: {len(texts):,} docs, {mb:.1f} MB, {n_raw:,} tokens, {os.cpu_count()} CPUs, "
-          f"best of {args.trials}")
-    print(f"{'path':<44}{'seconds':>9}{'Mtok/s':>9}")
-    for name, s, n in [("raw Tokenizer.encode_batch", raw_s, n_raw), ("raw Tokenizer.encode_batch_fast", fast_s, n_raw),
-                       ("Sluice tokenize + shard (Ray Data, to disk)", sluice_s, n_sluice)]:
-        print(f"{name:<44}{s:>9.2f}{n / s / 1e6:>9.2f}")
-    print(f"ratio Sluice / raw encode_batch: {raw_s / sluice_s:.2f}x  (target >= 0.8x)")
-    return shards
+    return {"mb": mb, "docs": len(texts), "tokens": n_raw, "raw_s": raw_s, "run": run, **best,
+            "rss_peak_mb": max(r["rss_peak_mb"] for r in sluice)}
 
 
 def bench_loader(args, shards: Path, tmp: Path) -> None:
+    import torch
+
     from stages.train.data import ShardLoader, TokenStream
 
     stream = TokenStream(shards)
@@ -132,16 +196,32 @@ def bench_loader(args, shards: Path, tmp: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", default=str(SHARED / "tokenizers/dolma_gpt-neo-test-tokenizer.json"))
-    p.add_argument("--repeat", type=int, default=1, help="copies of the real corpus")
+    p.add_argument("--mb", type=float, nargs="+", default=[10, 40], help="corpus sizes, MB of UTF-8 text")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--trials", type=int, default=3, help="runs of each path; the best time counts")
+    p.add_argument("--trials", type=int, default=2, help="runs of each path, alternating; the best time counts")
+    p.add_argument("--driver", nargs=2, metavar=("RUN", "WARMUP"), help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("SLUICE_PROGRESS", "0")
+    if args.driver:
+        sluice_driver(Path(args.driver[0]), Path(args.driver[1]), args.tokenizer)
+        return
+    base = base_documents()
     with tempfile.TemporaryDirectory(prefix="sluice-tokbench-") as tmp:
-        shards = bench_tokenize(args, Path(tmp))
-        bench_loader(args, shards, Path(tmp))
+        rows = [bench_size(args, mb, base, Path(tmp)) for mb in sorted(args.mb)]
+        print(f"\ntokenize + shard vs raw encode_batch: {os.cpu_count()} CPUs, best of {args.trials}, "
+              f"tokenizer {Path(args.tokenizer).name}")
+        print(f"{'MB':>7}{'docs':>9}{'Mtokens':>9}{'raw Mtok/s':>12}{'Sluice Mtok/s':>15}{'ratio':>7}"
+              f"{'shards':>8}{'driver peak RSS, warm':>23}{'after the run':>15}")
+        for r in rows:
+            print(f"{r['mb']:>7.1f}{r['docs']:>9,}{r['tokens'] / 1e6:>9.2f}{r['tokens'] / r['raw_s'] / 1e6:>12.2f}"
+                  f"{r['tokens'] / r['seconds'] / 1e6:>15.2f}{r['raw_s'] / r['seconds']:>7.2f}{r['shards']:>8}"
+                  f"{r['rss_before_mb']:>20.0f} MB{r['rss_peak_mb']:>12.0f} MB")
+        largest = rows[-1]
+        print(f"ratio Sluice / raw encode_batch at {largest['mb']:.0f} MB: {largest['raw_s'] / largest['seconds']:.2f}x "
+              f"(target >= 0.8x); driver peak RSS {rows[0]['rss_peak_mb']:.0f} MB -> {largest['rss_peak_mb']:.0f} MB")
+        bench_loader(args, largest["run"] / "shards", Path(tmp))
 
 
 if __name__ == "__main__":

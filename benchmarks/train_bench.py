@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import TrainConfig  # noqa: E402
-from stages.shard import ShardWriter, build_manifest, token_dtype, write_manifest  # noqa: E402
+from pipeline.manifest import ShardManifest, TokenizerInfo, write_manifest  # noqa: E402
+from stages.shard import shard_name, token_dtype, write_shard  # noqa: E402
 from stages.train.loop import Trainer, model_config, open_loaders  # noqa: E402
 from stages.train.model import count_params, flops_per_token, grouped_mm_supported  # noqa: E402
 
@@ -39,13 +40,12 @@ def write_random_shards(out: Path, tokens: int, seed: int = 0) -> Path:
     values = rng.integers(0, VOCAB, size=int(offsets[-1]), dtype=dtype)
     docs = pa.table({"doc_id": [f"r{i}" for i in range(len(lengths))], "source": ["random"] * len(lengths),
                      "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))})
-    writer = ShardWriter(out, dtype, tokens_per_shard=int(offsets[-1]) * 9 // 10, version=1)
-    writer.add(docs)
-    entries = writer.close()
-    tokenizer = {"file": None, "sha256": None, "vocab_size": VOCAB, "eod_token": None, "eod_id": None,
-                 "trained": False}
-    write_manifest(out, build_manifest(entries, version=1, fingerprint="bench", config_hash="bench",
-                                       tokenizer=tokenizer, dtype=dtype))
+    cut = len(lengths) * 9 // 10
+    entries = [write_shard(out / shard_name(i), part, version=1, dtype=dtype)
+               for i, part in enumerate((docs.slice(0, cut), docs.slice(cut)))]
+    tokenizer = TokenizerInfo(file="", sha256="", vocab_size=VOCAB, eod_token=None, eod_id=None, trained=False)
+    write_manifest(out, ShardManifest.first(entries, fingerprint="bench", config_hash="bench", tokenizer=tokenizer,
+                                            dtype=dtype.name))
     return out
 
 

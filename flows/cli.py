@@ -153,9 +153,11 @@ def tokenize(
 ) -> None:
     """Tokenize a curated run's kept documents into Arrow shards with a manifest (RUN_DIR/shards)."""
     from flows.tokenize import tokenize_flow
+    from pipeline.runtime import start_ray
 
     cfg = _load(config)
     try:
+        start_ray(cfg.ray)
         shard_dir = tokenize_flow(cfg, str(run_dir), str(tokenizer) if tokenizer else None)
     except FileNotFoundError as err:
         _fail(str(err))
@@ -172,11 +174,11 @@ def _print_shards(shard_dir: Path) -> None:
 @app.command()
 def inspect(shard_dir: Annotated[Path, typer.Argument(help="a shard folder with manifest.json")]) -> None:
     """Show a shard folder: manifest summary, token histogram, and a few samples decoded to text."""
-    from stages.shard import ShardError
+    from pipeline.manifest import ShardError
 
     try:
         _print_shards(shard_dir)
-    except ShardError as err:
+    except (ShardError, ValueError) as err:
         _fail(str(err))
 
 

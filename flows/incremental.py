@@ -59,9 +59,9 @@ def _run_batch(cfg: SluiceConfig, root: Path) -> dict:
                      only=[f.path for f in new]).model_dump(by_alias=True)
     if cfg.tokenize.enabled and summary["kept"]:
         manifest = append_shards(batch_dir, root / "shards", cfg)
-        summary["manifest_version"] = manifest["version"]
+        summary["manifest_version"] = manifest.version
         if cfg.train.enabled:  # continue the same run from its last checkpoint: `steps` more per version
-            more = cfg.train.model_copy(update={"steps": cfg.train.steps * manifest["version"]})
+            more = cfg.train.model_copy(update={"steps": cfg.train.steps * manifest.version})
             summary["train"] = train_flow(cfg.model_copy(update={"train": more}), str(root / "shards"), str(root))
     state.record(batch_dir, new)
     return summary

@@ -7,7 +7,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from pipeline.config import SluiceConfig
-from stages.shard import read_manifest
+from pipeline.manifest import MANIFEST, read_manifest
 from stages.tokenize import tokenize_run
 
 
@@ -15,8 +15,8 @@ from stages.tokenize import tokenize_run
 def tokenize_flow(cfg: SluiceConfig, run_dir: str, tokenizer: str | None = None) -> str:
     shard_dir = tokenize_run(Path(run_dir), cfg, tokenizer)
     m = read_manifest(shard_dir)
-    rows = "\n".join(f"| {s['file']} | {s['tokens']:,} | {s['docs']:,} |" for s in m["shards"])
+    rows = "\n".join(f"| {s.file} | {s.tokens:,} | {s.docs:,} |" for s in m.shards)
     create_markdown_artifact(
-        f"| shard | tokens | documents |\n|---|---:|---:|\n{rows}\n\nManifest: `{shard_dir / 'manifest.json'}`",
+        f"| shard | tokens | documents |\n|---|---:|---:|\n{rows}\n\nManifest: `{shard_dir / MANIFEST}`",
         key="shards", description=f"Shards of {run_dir}")
     return str(shard_dir)

@@ -145,7 +145,8 @@ class TokenizeConfig(Section):
 
 class ShardConfig(Section):
     tokens_per_shard: int = Field(50_000_000, ge=1, le=1_000_000_000,
-                                  description="a shard closes at the first document that reaches this")
+                                  description="shard window: a document goes to shard floor(its first token's "
+                                              "stream offset / this), so shards hold about this many tokens")
     shuffle: bool = Field(True, description="seeded global shuffle of documents; off: the curated run's order")
     seed: int = 0
 

@@ -2,19 +2,26 @@
 
     SHARDS/shard-00000.arrow   columns doc_id (string), tokens (list<uint16|uint32>), one record batch
     SHARDS/tokenizer.json      the tokenizer that made them (its sha256 is in the manifest)
-    SHARDS/manifest.json       written last: shards with counts, dtype, sha256 and the version that added them
+    SHARDS/manifest.json       written last: `pipeline.manifest.ShardManifest`
 
 Each shard is one record batch so its token values are a single contiguous buffer (one zero-copy
 numpy view), and its bytes depend only on the documents and their order, never on how they arrived.
 Shards are numbered globally and tagged with a manifest `version`: an incremental run appends shards
-under version + 1 (`stages.tokenize.append_shards`) and never rewrites earlier ones. The manifest's
-`fingerprint` is version 1's, then a hash chained over every version's, so it names the whole folder.
+under version + 1 (`stages.tokenize.append_shards`) and never rewrites earlier ones.
+
+The cut rule: the documents, in their final order, form one token stream; a document goes to shard
+window floor(start / tokens_per_shard), where start is the stream offset of its first token. Windows
+that no document starts in are skipped and the others numbered consecutively. A shard so holds the
+documents that start in its window of tokens_per_shard tokens (about that many tokens; documents are
+never split). Unlike "close at the first document that reaches the target", this needs no pass over
+the whole stream in order: given how many tokens precede a group of documents (summed from small
+per-bucket counts), a worker places each of its documents on its own, so shards are written by
+workers in parallel and nobody holds the corpus.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -23,17 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from pipeline.rundir import atomic_write_bytes, atomic_write_json, safe_join
+from pipeline.manifest import ShardEntry, ShardError, read_manifest, shard_path
+from pipeline.rundir import atomic_write_bytes
 
-MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
-FORMAT = "sluice-shards/1"
 SHARD_GLOB = "shard-*.arrow"
 Verify = Literal["size", "sha256"]
-
-
-class ShardError(RuntimeError):
-    """A shard that is missing, truncated or altered; the message names the file."""
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -58,146 +60,83 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class ShardWriter:
-    """Cuts a stream of ordered documents into shards of about `tokens_per_shard` tokens.
+def shard_of(starts: np.ndarray, tokens_per_shard: int) -> np.ndarray:
+    """The cut rule: the window of each document, from the stream offset of its first token."""
+    return starts // tokens_per_shard
 
-    Documents are never split: a shard closes at the first document that brings it to the target.
-    Input batches may be cut anywhere; the output bytes depend only on the document sequence.
+
+@dataclass(frozen=True)
+class ShardWindow:
+    """One shard to write: window `index` of the stream, and the run of buckets its documents start in."""
+    index: int
+    first_bucket: int
+    last_bucket: int
+    base: int  # stream offset of first_bucket's first token
+
+
+def plan_windows(bucket_docs: np.ndarray, bucket_tokens: np.ndarray, tokens_per_shard: int) -> list[ShardWindow]:
+    """Shard windows over a stream cut into consecutive buckets, from the buckets' document and token counts.
+
+    Bucket b's documents start at offsets in [S[b], S[b + 1]] (S: the running token count; the upper end
+    only for a last document of zero tokens), so window k needs the buckets where that range meets
+    [k * tokens_per_shard, (k + 1) * tokens_per_shard). A window inside one long document gets no shard.
     """
-
-    def __init__(self, out_dir: Path, dtype: np.dtype, tokens_per_shard: int, version: int, first_index: int = 0):
-        self.out_dir = Path(out_dir)
-        self.schema = shard_schema(dtype)
-        self.dtype = dtype
-        self.tokens_per_shard = tokens_per_shard
-        self.version = version
-        self.next_index = first_index
-        self.pending: list[pa.Table] = []
-        self.pending_tokens = 0
-        self.entries: list[dict] = []
-
-    def add(self, docs: pa.Table) -> None:
-        """Append documents (columns doc_id, source, tokens) in their final order."""
-        while docs.num_rows:
-            lengths = pc.list_value_length(docs["tokens"]).to_numpy(zero_copy_only=False)
-            reach = self.pending_tokens + np.cumsum(lengths)
-            full = np.flatnonzero(reach >= self.tokens_per_shard)
-            cut = int(full[0]) + 1 if full.size else docs.num_rows
-            self.pending.append(docs.slice(0, cut))
-            self.pending_tokens = int(reach[cut - 1])
-            docs = docs.slice(cut)
-            if full.size:
-                self._flush()
-
-    def close(self) -> list[dict]:
-        """Write the last, partial shard; return the manifest entries of every shard written."""
-        if any(t.num_rows for t in self.pending):
-            self._flush()
-        return self.entries
-
-    def _flush(self) -> None:
-        docs = pa.concat_tables(self.pending).combine_chunks()
-        lengths = pc.list_value_length(docs["tokens"])
-        sources = pa.table({"source": docs["source"], "n": lengths}).group_by("source").aggregate([("n", "sum")])
-        batch = pa.record_batch([docs["doc_id"].chunk(0), docs["tokens"].chunk(0)], schema=self.schema)
-        sink = pa.BufferOutputStream()
-        with ipc.new_file(sink, self.schema, options=ipc.IpcWriteOptions(compression=None)) as writer:
-            writer.write_batch(batch)
-        data = sink.getvalue()
-        name = shard_name(self.next_index)
-        atomic_write_bytes(self.out_dir / name, data)
-        self.entries.append({
-            "file": name,
-            "version": self.version,
-            "docs": docs.num_rows,
-            "tokens": self.pending_tokens,
-            "bytes": data.size,
-            "dtype": self.dtype.name,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "sources": dict(sorted(zip(sources["source"].to_pylist(), sources["n_sum"].to_pylist()))),
-        })
-        self.next_index += 1
-        self.pending, self.pending_tokens = [], 0
+    if not bucket_docs.sum():
+        return []
+    offsets = np.concatenate([[0], np.cumsum(bucket_tokens, dtype=np.int64)])
+    lo = np.arange(int(offsets[-1]) // tokens_per_shard + 1, dtype=np.int64) * tokens_per_shard
+    firsts = np.searchsorted(offsets[1:], lo, side="left")
+    lasts = np.searchsorted(offsets[:-1], lo + tokens_per_shard, side="left") - 1
+    occupied = np.concatenate([[0], np.cumsum(bucket_docs > 0)])  # buckets with documents before b
+    return [ShardWindow(k, int(a), int(b), int(offsets[a]))
+            for k, (a, b) in enumerate(zip(firsts.tolist(), lasts.tolist()))
+            if a <= b and occupied[b + 1] > occupied[a]]
 
 
-def totals(entries: list[dict]) -> dict:
-    """Documents, tokens and tokens per source over shard entries."""
-    sources: Counter[str] = Counter()
-    for e in entries:
-        sources.update(e["sources"])
-    return {"docs": sum(e["docs"] for e in entries), "tokens": sum(e["tokens"] for e in entries),
-            "sources": dict(sorted(sources.items()))}
+def window_documents(docs: pa.Table, window: ShardWindow, tokens_per_shard: int, sort_keys: list[str]) -> pa.Table:
+    """The documents of one shard, in order, from every document of the window's buckets (in any order)."""
+    order = pc.sort_indices(docs, sort_keys=[(k, "ascending") for k in sort_keys]).to_numpy()
+    lengths = pc.list_value_length(docs["tokens"]).to_numpy()[order]
+    starts = window.base + np.cumsum(lengths, dtype=np.int64) - lengths
+    return docs.take(order[shard_of(starts, tokens_per_shard) == window.index])
 
 
-def manifest_fingerprint(versions: list[dict]) -> str:
-    """Identity of the whole folder: version 1's fingerprint, then a hash chained over every version's."""
-    if len(versions) == 1:
-        return versions[0]["fingerprint"]
-    return hashlib.sha256("\n".join(v["fingerprint"] for v in versions).encode()).hexdigest()[:16]
+def write_shard(path: Path, docs: pa.Table, version: int, dtype: np.dtype) -> ShardEntry:
+    """Write ordered documents (doc_id, source, tokens) as one shard file, atomically; return its entry."""
+    docs = docs.combine_chunks()
+    lengths = pc.list_value_length(docs["tokens"])
+    sources = pa.table({"source": docs["source"], "n": lengths}).group_by("source").aggregate([("n", "sum")])
+    schema = shard_schema(dtype)
+    batch = pa.record_batch([docs["doc_id"].chunk(0), docs["tokens"].chunk(0)],
+                            schema=schema)
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, schema, options=ipc.IpcWriteOptions(compression=None)) as writer:
+        writer.write_batch(batch)
+    data = sink.getvalue()
+    atomic_write_bytes(path, data)
+    return ShardEntry(file=path.name, version=version, docs=docs.num_rows, tokens=int(pc.sum(lengths).as_py() or 0),
+                      bytes=data.size, dtype=dtype.name, sha256=hashlib.sha256(data).hexdigest(),
+                      sources=dict(sorted(zip(sources["source"].to_pylist(), sources["n_sum"].to_pylist()))))
 
 
-def version_entry(version: int, fingerprint: str, config_hash: str, entries: list[dict]) -> dict:
-    return {"version": version, "fingerprint": fingerprint, "config_hash": config_hash,
-            "shards": [e["file"] for e in entries]}
-
-
-def build_manifest(entries: list[dict], *, version: int, fingerprint: str, config_hash: str,
-                   tokenizer: dict, dtype: np.dtype) -> dict:
-    """The manifest of one version's shards (no paths, no clock: equal inputs give equal bytes)."""
-    return {
-        "format": FORMAT,
-        "version": version,
-        "fingerprint": fingerprint,
-        "config_hash": config_hash,
-        "tokenizer": tokenizer,
-        "dtype": dtype.name,
-        **totals(entries),
-        "versions": [version_entry(version, fingerprint, config_hash, entries)],
-        "shards": entries,
-    }
-
-
-def extend_manifest(manifest: dict, entries: list[dict], *, fingerprint: str, config_hash: str) -> dict:
-    """The next version: earlier shards kept as they are, `entries` appended, totals over all of them."""
-    version = manifest["version"] + 1
-    shards = manifest["shards"] + entries
-    versions = manifest["versions"] + [version_entry(version, fingerprint, config_hash, entries)]
-    return {**manifest, "version": version, "fingerprint": manifest_fingerprint(versions),
-            "config_hash": config_hash, **totals(shards), "versions": versions, "shards": shards}
-
-
-def write_manifest(shard_dir: Path, manifest: dict) -> None:
-    atomic_write_json(Path(shard_dir) / MANIFEST, manifest)
-
-
-def read_manifest(shard_dir: str | Path) -> dict:
-    path = Path(shard_dir) / MANIFEST
-    if not path.is_file():
-        raise ShardError(f"no {MANIFEST} in {shard_dir}: not a finished shard folder")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ShardError(f"{path}: unknown format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
-
-
-def open_shard(shard_dir: str | Path, entry: dict, verify: Verify = "size") -> list[pa.RecordBatch]:
+def open_shard(shard_dir: str | Path, entry: ShardEntry, verify: Verify = "size") -> list[pa.RecordBatch]:
     """Memory-map one manifest shard after checking it is there, whole and (optionally) unaltered."""
-    path = safe_join(Path(shard_dir), entry["file"])
+    path = shard_path(shard_dir, entry.file)
     if not path.is_file():
-        raise ShardError(f"shard {entry['file']} is missing from {shard_dir}")
+        raise ShardError(f"shard {entry.file} is missing from {shard_dir}")
     size = path.stat().st_size
-    if size != entry["bytes"]:
-        raise ShardError(f"shard {entry['file']} is corrupt: {size} bytes, manifest says {entry['bytes']}")
-    if verify == "sha256" and file_sha256(path) != entry["sha256"]:
-        raise ShardError(f"shard {entry['file']} is corrupt: sha256 differs from the manifest")
+    if size != entry.bytes:
+        raise ShardError(f"shard {entry.file} is corrupt: {size} bytes, manifest says {entry.bytes}")
+    if verify == "sha256" and file_sha256(path) != entry.sha256:
+        raise ShardError(f"shard {entry.file} is corrupt: sha256 differs from the manifest")
     try:
         reader = ipc.open_file(pa.memory_map(str(path), "r"))
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
     except (pa.ArrowInvalid, OSError) as err:
-        raise ShardError(f"shard {entry['file']} is corrupt: {err}") from None
+        raise ShardError(f"shard {entry.file} is corrupt: {err}") from None
     tokens = sum(len(b.column("tokens").values) for b in batches)
-    if tokens != entry["tokens"]:
-        raise ShardError(f"shard {entry['file']} is corrupt: {tokens} tokens, manifest says {entry['tokens']}")
+    if tokens != entry.tokens:
+        raise ShardError(f"shard {entry.file} is corrupt: {tokens} tokens, manifest says {entry.tokens}")
     return batches
 
 
@@ -215,20 +154,19 @@ def inspect_shards(shard_dir: str | Path, samples: int = 3, width: int = 40) -> 
 
     shard_dir = Path(shard_dir)
     m = read_manifest(shard_dir)
-    tok = m["tokenizer"]
+    tok = m.tokenizer
     lines = [
-        f"{shard_dir}: {len(m['shards'])} shards, {m['docs']:,} docs, {m['tokens']:,} tokens, "
-        f"dtype {m['dtype']}, version {m['version']}",
-        f"tokenizer {tok['file']} (vocab {tok['vocab_size']:,}, eod {tok['eod_token']!r}, "
-        f"sha256 {tok['sha256'][:12]}), config {m['config_hash']}",
-        "tokens by source: " + ", ".join(f"{s} {n:,}" for s, n in m["sources"].items()),
+        f"{shard_dir}: {len(m.shards)} shards, {m.docs:,} docs, {m.tokens:,} tokens, "
+        f"dtype {m.dtype}, version {m.version}",
+        f"tokenizer {tok.file} (vocab {tok.vocab_size:,}, eod {tok.eod_token!r}, "
+        f"sha256 {tok.sha256[:12]}), config {m.config_hash}",
+        "tokens by source: " + ", ".join(f"{s} {n:,}" for s, n in m.sources.items()),
         "",
         f"{'shard':<20}{'version':>8}{'docs':>10}{'tokens':>14}{'bytes':>14}",
     ]
-    lines += [f"{e['file']:<20}{e['version']:>8}{e['docs']:>10,}{e['tokens']:>14,}{e['bytes']:>14,}"
-              for e in m["shards"]]
+    lines += [f"{e.file:<20}{e.version:>8}{e.docs:>10,}{e.tokens:>14,}{e.bytes:>14,}" for e in m.shards]
     lengths, first = [], None
-    for entry in m["shards"]:
+    for entry in m.shards:
         for batch in open_shard(shard_dir, entry):
             values, offsets = token_view(batch)
             lengths.append(np.diff(offsets))
@@ -237,7 +175,7 @@ def inspect_shards(shard_dir: str | Path, samples: int = 3, width: int = 40) -> 
     if lengths:
         lines += ["", "tokens per document:"] + histogram(np.concatenate(lengths), width)
     if first is not None:
-        tokenizer = Tokenizer.from_file(str(safe_join(shard_dir, tok["file"])))
+        tokenizer = Tokenizer.from_file(str(shard_path(shard_dir, tok.file)))
         batch, values, offsets = first
         lines += ["", "samples (decoded):"]
         for i in range(min(samples, len(offsets) - 1)):

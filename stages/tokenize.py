@@ -1,14 +1,31 @@
-"""Tokenize a curated run into token shards: RUN/kept/*.parquet -> RUN/shards/.
+"""Tokenize a curated run into token shards: RUN/kept/part-*.parquet -> RUN/shards/.
 
 The tokenizer is a Hugging Face `tokenizer.json` given by path, or a byte-level BPE trained on a
-seeded sample of the curated documents. Ray Data encodes batches of documents with `encode_batch`;
-the driver orders them by a seeded hash of their id (or keeps the run's order) and streams them into
-shards. Ordering by keys that depend only on the documents is what makes the bytes independent of
-block, batch and worker counts. The shard folder is built under a temporary name and
-renamed into place, so a rerun either skips it (same fingerprint) or rebuilds it whole.
+seeded sample of the curated documents: the documents with the smallest seeded hash of (source, id),
+chosen by Ray tasks per piece and merged as small bottom-k lists, so the driver holds only the sample.
+
+The order. The input is the kept files in name order, cut into pieces (file, row group); a document's
+position is (piece << 32) + row. Each document has a 64-bit key: a seeded xxh64 of (source, id) when
+`shard.shuffle`, else its position. The token stream is the documents sorted by (key, position): a
+pure function of the documents and the seed, whatever the block, batch or worker count.
+
+Two Ray Data passes, the driver holding only counts (never documents or tokens):
+ 1. tokenize: a task per piece encodes its documents with `encode_batch`, sorts them by key and writes
+    them to a scratch Arrow file; it returns the documents and tokens per key bucket (the key's top 16
+    bits when shuffled, the piece when not: both cut the stream into consecutive runs).
+ 2. shard: the driver sums the bucket counts and plans the shard windows (`stages.shard.plan_windows`);
+    a task per window reads the buckets it needs from the scratch files (memory-mapped, found by
+    binary search on the sorted key), orders them, keeps the documents that start in its window and
+    writes the shard; it returns only the shard's manifest entry.
+The driver then renames the shards to consecutive names and writes `manifest.json` from the entries.
+The shard folder is built under a temporary name and renamed into place, so a rerun either skips it
+(same fingerprint) or rebuilds it whole.
 
 `append_shards` is the incremental path: a later curated batch becomes the folder's next manifest
 version, in new shards after the existing ones, with the folder's own tokenizer.
+
+Ray must be up (the flows start it); the workers write into the shard folder, so on a multi-node
+cluster it must be on storage every node sees.
 """
 from __future__ import annotations
 
@@ -21,32 +38,38 @@ import logging
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import ray
 import xxhash
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pipeline.config import SluiceConfig, TokenizeConfig
-from pipeline.runtime import start_ray
-from stages.shard import (FORMAT, MANIFEST, SHARD_GLOB, TOKENIZER_FILE, ShardError, ShardWriter, build_manifest,
-                          extend_manifest, file_sha256, read_manifest, token_dtype, write_manifest)
+from pipeline.manifest import (FORMAT, MANIFEST, ShardEntry, ShardError, ShardManifest, TokenizerInfo,
+                               read_manifest, write_manifest)
+from stages.shard import (SHARD_GLOB, TOKENIZER_FILE, ShardWindow, file_sha256, plan_windows, shard_name,
+                          token_dtype, window_documents, write_shard)
 
 log = logging.getLogger("sluice")
 
 DEFAULT_EOD = "<|endoftext|>"
 # End-of-text tokens of common tokenizer families, tried in order when eod_token is "auto".
 KNOWN_EOD = (DEFAULT_EOD, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
-SORT_KEY = "_order"  # seeded hash of the document id
-POSITION = "_position"  # (piece << 32) + row: the run's own order, and the tie-break of equal hashes
-TAKE_SLICE = 65_536  # documents reordered at a time
 ENCODE_BATCH = 1024  # documents per encode_batch call: keeps the Rust threads busy, bounds Encoding memory
+KEY, POSITION = "key", "position"  # scratch columns: the order key and the input position (its tie-break)
+HASH_BUCKET_BITS = 16  # shuffled keys are bucketed by their top bits: 65,536 counts on the driver
+
+
+# ------------------------------------------------------------------------------------------------
+# the tokenizer
 
 
 def train_bpe(texts: list[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
@@ -58,22 +81,6 @@ def train_bpe(texts: list[str], vocab_size: int, special_tokens: list[str]) -> T
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)
     return tokenizer
-
-
-def sample_texts(files: list[Path], n: int, seed: int) -> list[str]:
-    """The `n` documents with the smallest seeded hash of their id: the same sample however files are cut."""
-    keyed = []
-    for f in files:
-        ids = pq.read_table(f, columns=["id"])["id"].to_pylist()
-        keyed += [(xxhash.xxh64_intdigest(i.encode(), seed), i) for i in ids]
-    chosen = sorted(keyed)[:n]
-    rank = {i: pos for pos, (_, i) in enumerate(chosen)}
-    picked: list[tuple[int, str]] = []
-    for f in files:
-        t = pq.read_table(f, columns=["id", "text"])
-        t = t.filter(pc.is_in(t["id"], pa.array(list(rank), pa.string())))
-        picked += [(rank[i], text or "") for i, text in zip(t["id"].to_pylist(), t["text"].to_pylist())]
-    return [text for _, text in sorted(picked)]
 
 
 def resolve_eod(tokenizer: Tokenizer, eod_token: str | None) -> tuple[str | None, int | None]:
@@ -117,33 +124,284 @@ def encode_docs(tokenizer: Tokenizer, texts: list[str], eod_id: int | None, dtyp
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def tokenize_docs(tokenizer: Tokenizer, docs: pa.Table, eod_id: int | None, dtype: np.dtype,
-                  seed: int, first_position: int) -> pa.Table:
-    """Curated documents in; doc_id, source, tokens, a seeded shuffle key and the input position out."""
-    ids = docs["id"].cast(pa.string())
-    columns = {
-        "doc_id": ids,
-        "source": docs["source"].cast(pa.string()),
-        SORT_KEY: pa.array([xxhash.xxh64_intdigest(i.encode(), seed) for i in ids.to_pylist()], pa.uint64()),
-        POSITION: pa.array(np.arange(first_position, first_position + docs.num_rows, dtype=np.int64)),
-    }
-    columns["tokens"] = encode_docs(tokenizer, [t or "" for t in docs["text"].to_pylist()], eod_id, dtype)
-    return pa.table(columns)
+def tokenize_docs(tokenizer: Tokenizer, docs: pa.Table, eod_id: int | None, dtype: np.dtype) -> pa.Table:
+    """Curated documents (id, text, source) in; doc_id, source and tokens out, `ENCODE_BATCH` at a time."""
+    texts = docs["text"]
+    tokens = [encode_docs(tokenizer, [t or "" for t in texts.slice(i, ENCODE_BATCH).to_pylist()], eod_id, dtype)
+              for i in range(0, docs.num_rows, ENCODE_BATCH)]
+    list_type = pa.list_(pa.from_numpy_dtype(dtype))
+    return pa.table({"doc_id": docs["id"].cast(pa.string()), "source": docs["source"].cast(pa.string()),
+                     "tokens": pa.chunked_array(tokens, list_type)})
 
 
-def make_tokenize_task(tokenizer_json: str, eod_id: int | None, dtype: np.dtype, seed: int):
-    """The Ray Data function: one (path, row group) piece of the curated run in, its tokenized documents out."""
+# ------------------------------------------------------------------------------------------------
+# the input and its order
+
+
+def input_pieces(files: list[Path]) -> list[dict]:
+    """(file, row group) pieces in input order, from the Parquet footers alone."""
+    pieces = [{"path": str(f), "row_group": g} for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+    return [dict(p, piece=i) for i, p in enumerate(pieces)]
+
+
+def read_piece(piece: dict, columns: list[str]) -> pa.Table:
+    return pq.ParquetFile(piece["path"]).read_row_group(piece["row_group"], columns=columns)
+
+
+def hash_keys(ids: pa.Array | pa.ChunkedArray, sources: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A seeded 64-bit hash of each document's identity (source, id)."""
+    return np.fromiter((xxhash.xxh64_intdigest(f"{s or ''}\0{i or ''}".encode(), seed)
+                        for s, i in zip(sources.to_pylist(), ids.to_pylist())), np.uint64, len(ids))
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """How documents are ordered and bucketed: by seeded hash (shuffle) or by input position."""
+    shuffle: bool
+    seed: int
+
+    @property
+    def shift(self) -> int:
+        """Bucket = key >> shift: the hash's top bits, or the piece part of a position."""
+        return 64 - HASH_BUCKET_BITS if self.shuffle else 32
+
+    def num_buckets(self, num_pieces: int) -> int:
+        return 1 << HASH_BUCKET_BITS if self.shuffle else num_pieces
+
+    def keys(self, docs: pa.Table, piece: int) -> tuple[np.ndarray, np.ndarray]:
+        """The order key and input position of each document of one piece."""
+        positions = (piece << 32) + np.arange(docs.num_rows, dtype=np.int64)
+        keys = hash_keys(docs["id"], docs["source"], self.seed) if self.shuffle else positions.astype(np.uint64)
+        return keys, positions
+
+    def key_range(self, first_bucket: int, last_bucket: int) -> tuple[int, int]:
+        """Keys [lo, hi) of a run of buckets (hi may be 2**64: 'to the end')."""
+        return first_bucket << self.shift, (last_bucket + 1) << self.shift
+
+
+# ------------------------------------------------------------------------------------------------
+# pass 1: tokenize each piece into a key-sorted scratch file, count documents and tokens per bucket
+
+BUCKET_COUNTS = pa.schema([("piece", pa.int64()), ("bucket", pa.int64()), ("docs", pa.int64()),
+                           ("tokens", pa.int64())])
+
+
+def scratch_file(scratch: Path, piece: int) -> Path:
+    return scratch / f"piece-{piece:06d}.arrow"
+
+
+def write_scratch(path: Path, table: pa.Table) -> None:
+    """One uncompressed record batch, so readers memory-map it and binary-search its key column."""
+    table = table.combine_chunks()
+    with ipc.new_file(str(path), table.schema, options=ipc.IpcWriteOptions(compression=None)) as writer:
+        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+
+
+def read_scratch(path: Path) -> pa.Table:
+    return ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
+def bucket_counts(piece: int, keys: np.ndarray, lengths: np.ndarray, shift: int) -> pa.Table:
+    """Documents and tokens per bucket of one piece's sorted (non-empty) keys: all that pass 1 returns."""
+    buckets, first = np.unique(keys >> np.uint64(shift), return_index=True)
+    docs = np.diff(np.append(first, len(keys)))
+    tokens = np.add.reduceat(lengths, first)
+    return pa.table({"piece": np.full(len(buckets), piece, np.int64), "bucket": buckets.astype(np.int64),
+                     "docs": docs.astype(np.int64), "tokens": tokens.astype(np.int64)}, schema=BUCKET_COUNTS)
+
+
+def make_tokenize_task(tokenizer_json: str, eod_id: int | None, dtype: np.dtype, ordering: Ordering,
+                       scratch: Path) -> Callable[[pa.Table], pa.Table]:
+    """The Ray Data function: pieces in, their bucket counts out; the tokens go to scratch files."""
 
     def tokenize(pieces: pa.Table) -> pa.Table:
         tokenizer = _tokenizer_from_json(tokenizer_json)
-        out = []
-        for path, group, piece in zip(*(pieces[c].to_pylist() for c in ("path", "row_group", "piece"))):
-            docs = pq.ParquetFile(path).read_row_group(group, columns=["id", "text", "source"])
-            out += [tokenize_docs(tokenizer, docs.slice(i, ENCODE_BATCH), eod_id, dtype, seed, (piece << 32) + i)
-                    for i in range(0, max(docs.num_rows, 1), ENCODE_BATCH)]
+        out = [BUCKET_COUNTS.empty_table()]
+        for piece in pieces.to_pylist():
+            docs = read_piece(piece, ["id", "text", "source"])
+            if not docs.num_rows:
+                continue
+            keys, positions = ordering.keys(docs, piece["piece"])
+            table = tokenize_docs(tokenizer, docs, eod_id, dtype)
+            table = table.append_column(KEY, pa.array(keys)).append_column(POSITION, pa.array(positions))
+            table = table.take(pc.sort_indices(table, sort_keys=[(KEY, "ascending"), (POSITION, "ascending")]))
+            write_scratch(scratch_file(scratch, piece["piece"]), table)
+            lengths = pc.list_value_length(table["tokens"]).to_numpy().astype(np.int64)
+            out.append(bucket_counts(piece["piece"], table[KEY].to_numpy(), lengths, ordering.shift))
         return pa.concat_tables(out)
 
     return tokenize
+
+
+@dataclass
+class PieceSpans:
+    """Each piece's first and last bucket: which scratch files a run of buckets needs (small: two ints a piece)."""
+    first: np.ndarray  # num_buckets when the piece is empty
+    last: np.ndarray  # -1 when the piece is empty
+
+    def holding(self, first_bucket: int, last_bucket: int) -> list[int]:
+        return np.flatnonzero((self.first <= last_bucket) & (self.last >= first_bucket)).tolist()
+
+
+@dataclass
+class StreamCounts:
+    """What the driver knows of the tokenized stream: documents and tokens per bucket, each piece's span."""
+    docs: np.ndarray
+    tokens: np.ndarray
+    spans: PieceSpans
+
+    @classmethod
+    def empty(cls, num_buckets: int, num_pieces: int) -> StreamCounts:
+        return cls(np.zeros(num_buckets, np.int64), np.zeros(num_buckets, np.int64),
+                   PieceSpans(np.full(num_pieces, num_buckets, np.int64), np.full(num_pieces, -1, np.int64)))
+
+    def add(self, counts: pa.Table) -> None:
+        piece, bucket = counts["piece"].to_numpy(), counts["bucket"].to_numpy()
+        np.add.at(self.docs, bucket, counts["docs"].to_numpy())
+        np.add.at(self.tokens, bucket, counts["tokens"].to_numpy())
+        np.minimum.at(self.spans.first, piece, bucket)
+        np.maximum.at(self.spans.last, piece, bucket)
+
+
+def ray_map(items: list[dict], fn: Callable[[pa.Table], pa.Table], blocks: int | None) -> Iterator[pa.Table]:
+    """Run `fn` on Ray Data over small work items, one item per call, streaming its (small) results back."""
+    if not items:
+        return
+    ds = ray.data.from_items(items, override_num_blocks=min(blocks or len(items), len(items)))
+    for batch in ds.map_batches(fn, batch_format="pyarrow", batch_size=1).iter_batches(batch_format="pyarrow",
+                                                                                       batch_size=None):
+        yield batch
+
+
+def tokenize_pieces(pieces: list[dict], task: Callable, ordering: Ordering, blocks: int | None) -> StreamCounts:
+    counts = StreamCounts.empty(ordering.num_buckets(len(pieces)), len(pieces))
+    for batch in ray_map(pieces, task, blocks):
+        counts.add(batch)
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------
+# pass 2: one task per shard window reads its buckets back, orders them and writes the shard
+
+WRITTEN = pa.schema([("window", pa.int64()), ("entry", pa.string())])
+
+
+def read_buckets(scratch: Path, spans: PieceSpans, ordering: Ordering, window: ShardWindow) -> pa.Table:
+    """Every document of the window's buckets, from the scratch files of the pieces that hold any."""
+    lo, hi = ordering.key_range(window.first_bucket, window.last_bucket)
+    parts = []
+    for piece in spans.holding(window.first_bucket, window.last_bucket):
+        table = read_scratch(scratch_file(scratch, piece))
+        keys = table[KEY].chunk(0).to_numpy()
+        a = int(np.searchsorted(keys, np.uint64(lo)))
+        b = int(np.searchsorted(keys, np.uint64(hi))) if hi < 1 << 64 else len(keys)
+        parts.append(table.slice(a, b - a))
+    return pa.concat_tables(parts)
+
+
+def make_shard_task(scratch: Path, spans: PieceSpans, ordering: Ordering, tokens_per_shard: int, version: int,
+                    dtype: np.dtype) -> Callable[[pa.Table], pa.Table]:
+    """The Ray Data function: shard windows in, the manifest entries of the shards they wrote out."""
+
+    def shard(windows: pa.Table) -> pa.Table:
+        rows = []
+        for w in windows.to_pylist():
+            window = ShardWindow(**w)
+            docs = window_documents(read_buckets(scratch, spans, ordering, window), window, tokens_per_shard,
+                                    [KEY, POSITION])
+            if docs.num_rows:
+                entry = write_shard(scratch / f"window-{window.index:012d}.arrow", docs, version, dtype)
+                rows.append({"window": window.index, "entry": entry.model_dump_json()})
+        return pa.Table.from_pylist(rows, schema=WRITTEN)
+
+    return shard
+
+
+def encode_into_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,
+                       eod_id: int | None, dtype: np.dtype, version: int, first_index: int = 0,
+                       blocks: int | None = None) -> list[ShardEntry]:
+    """Tokenize, order and cut `files` into shards numbered from `first_index`; return their manifest entries.
+
+    `blocks` sets Ray Data's parallelism (default: one block per piece, then per shard); it never
+    changes the output.
+    """
+    scfg = config.shard
+    ordering = Ordering(scfg.shuffle, scfg.seed)
+    scratch = out / f".work.tmp-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir(parents=True)
+    try:
+        pieces = input_pieces(files)
+        counts = tokenize_pieces(pieces, make_tokenize_task(tokenizer.to_str(), eod_id, dtype, ordering, scratch),
+                                 ordering, blocks)
+        windows = plan_windows(counts.docs, counts.tokens, scfg.tokens_per_shard)
+        task = make_shard_task(scratch, counts.spans, ordering, scfg.tokens_per_shard, version, dtype)
+        written = sorted((int(w), e) for batch in ray_map([vars(w) for w in windows], task, blocks)
+                         for w, e in zip(batch["window"].to_pylist(), batch["entry"].to_pylist()))
+        entries = []
+        for number, (window, entry_json) in enumerate(written, start=first_index):
+            entry = ShardEntry.model_validate_json(entry_json)
+            os.replace(scratch / entry.file, out / shard_name(number))
+            entries.append(entry.model_copy(update={"file": shard_name(number)}))
+        return entries
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# the BPE training sample: bottom-k of a seeded hash, per piece on Ray, merged on the driver
+
+SAMPLE_KEYS = pa.schema([(KEY, pa.uint64()), (POSITION, pa.int64())])
+
+
+def smallest(table: pa.Table, n: int) -> pa.Table:
+    """The `n` rows with the smallest (key, position)."""
+    order = pc.sort_indices(table, sort_keys=[(KEY, "ascending"), (POSITION, "ascending")])
+    return table.take(order[:n])
+
+
+def make_bottom_k_task(n: int, seed: int) -> Callable[[pa.Table], pa.Table]:
+    def bottom_k(pieces: pa.Table) -> pa.Table:
+        out = [SAMPLE_KEYS.empty_table()]
+        for piece in pieces.to_pylist():
+            docs = read_piece(piece, ["id", "source"])
+            keys, positions = Ordering(True, seed).keys(docs, piece["piece"])
+            out.append(smallest(pa.table({KEY: keys, POSITION: positions}, schema=SAMPLE_KEYS), n))
+        return pa.concat_tables(out)
+
+    return bottom_k
+
+
+def read_sampled_texts(pieces: pa.Table) -> pa.Table:
+    """The texts of the chosen rows of each piece."""
+    out = []
+    for piece in pieces.to_pylist():
+        rows = piece["rows"]
+        texts = read_piece(piece, ["text"])["text"].take(pa.array(rows)).to_pylist()
+        out.append(pa.table({POSITION: [(piece["piece"] << 32) + r for r in rows], "text": [t or "" for t in texts]},
+                            schema=pa.schema([(POSITION, pa.int64()), ("text", pa.string())])))
+    return pa.concat_tables(out)
+
+
+def sample_texts(files: list[Path], n: int, seed: int, blocks: int | None = None) -> list[str]:
+    """The `n` documents with the smallest seeded hash of (source, id), in that hash order.
+
+    The driver never holds more than `n` keys plus one batch of candidates, and then the `n` texts.
+    """
+    pieces = input_pieces(files)
+    chosen = SAMPLE_KEYS.empty_table()
+    for batch in ray_map(pieces, make_bottom_k_task(n, seed), blocks):
+        chosen = smallest(pa.concat_tables([chosen, batch]), n)
+    positions = chosen[POSITION].to_numpy()
+    wanted = [dict(pieces[p], rows=(positions[positions >> 32 == p] & 0xFFFFFFFF).tolist())
+              for p in np.unique(positions >> 32).tolist()]
+    text_of = {}
+    for batch in ray_map(wanted, read_sampled_texts, blocks):
+        text_of.update(zip(batch[POSITION].to_pylist(), batch["text"].to_pylist()))
+    return [text_of[p] for p in positions.tolist()]
+
+
+# ------------------------------------------------------------------------------------------------
+# shard folders
 
 
 def input_hash(files: list[Path]) -> str:
@@ -164,7 +422,8 @@ def shard_fingerprint(config: SluiceConfig, files: list[Path], tokenizer_path: s
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_tokenizer(cfg: TokenizeConfig, files: list[Path], tokenizer_path: str | None, out: Path) -> Tokenizer:
+def prepare_tokenizer(cfg: TokenizeConfig, files: list[Path], tokenizer_path: str | None, out: Path,
+                      blocks: int | None) -> Tokenizer:
     """Load or train the tokenizer, and place its exact bytes in the shard folder."""
     target = out / TOKENIZER_FILE
     if tokenizer_path:
@@ -173,71 +432,36 @@ def prepare_tokenizer(cfg: TokenizeConfig, files: list[Path], tokenizer_path: st
     specials = [DEFAULT_EOD if cfg.eod_token in (None, "auto") else cfg.eod_token]
     log.info("tokenize: training a byte-level BPE (vocab %d) on up to %d documents", cfg.vocab_size,
              cfg.train_sample_docs)
-    tokenizer = train_bpe(sample_texts(files, cfg.train_sample_docs, cfg.seed), cfg.vocab_size, specials)
+    tokenizer = train_bpe(sample_texts(files, cfg.train_sample_docs, cfg.seed, blocks), cfg.vocab_size, specials)
     tokenizer.save(str(target))
     return tokenizer
 
 
-def ordered_documents(files: list[Path], task, shuffle: bool, blocks: int | None) -> Iterator[pa.Table]:
-    """Tokenized documents in their final order: by seeded hash, or the run's own (file, row) order.
-
-    Ray Data tokenizes; blocks arrive in any order and the driver sorts them by keys that depend on
-    the documents alone. The driver so holds the tokenized run (2 or 4 bytes a token, read zero-copy
-    from the local object store); taking in sorted slices keeps the extra copy slice-sized.
-    """
-    pieces = [{"path": str(f), "row_group": g} for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
-    if not pieces:
-        return
-    pieces = [dict(p, piece=i) for i, p in enumerate(pieces)]
-    ds = ray.data.from_items(pieces, override_num_blocks=min(blocks or len(pieces), len(pieces)))
-    ds = ds.map_batches(task, batch_format="pyarrow", batch_size=1)
-    batches = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
-    if not batches:
-        return
-    docs = pa.concat_tables(batches)
-    keys = [(SORT_KEY, "ascending"), (POSITION, "ascending")] if shuffle else [(POSITION, "ascending")]
-    order = pc.sort_indices(docs.select([k for k, _ in keys]), sort_keys=keys)
-    for start in range(0, len(order), TAKE_SLICE):
-        yield docs.take(order[start:start + TAKE_SLICE])
-
-
-def encode_into_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,
-                       eod_id: int | None, dtype: np.dtype, version: int, first_index: int = 0,
-                       blocks: int | None = None) -> list[dict]:
-    """Tokenize on Ray Data, order the documents, stream them into shards; return their manifest entries."""
-    scfg = config.shard
-    task = make_tokenize_task(tokenizer.to_str(), eod_id, dtype, scfg.seed)
-    writer = ShardWriter(out, dtype, scfg.tokens_per_shard, version=version, first_index=first_index)
-    for batch in ordered_documents(files, task, scfg.shuffle, blocks):
-        writer.add(batch)
-    return writer.close()
-
-
 def write_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,
-                 fingerprint: str, trained: bool, blocks: int | None = None) -> dict:
+                 fingerprint: str, trained: bool, blocks: int | None = None) -> ShardManifest:
     """Version 1 of a shard folder: every document of `files`; return the manifest."""
     eod_token, eod_id = resolve_eod(tokenizer, config.tokenize.eod_token)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab_size)
     entries = encode_into_shards(files, config, tokenizer, out, eod_id, dtype, version=1, blocks=blocks)
-    tok_info = {"file": TOKENIZER_FILE, "sha256": file_sha256(out / TOKENIZER_FILE), "vocab_size": vocab_size,
-                "eod_token": eod_token, "eod_id": eod_id, "trained": trained}
-    return build_manifest(entries, version=1, fingerprint=fingerprint,
-                          config_hash=config.section_hash("tokenize", "shard"), tokenizer=tok_info, dtype=dtype)
+    tok_info = TokenizerInfo(file=TOKENIZER_FILE, sha256=file_sha256(out / TOKENIZER_FILE), vocab_size=vocab_size,
+                             eod_token=eod_token, eod_id=eod_id, trained=trained)
+    return ShardManifest.first(entries, fingerprint=fingerprint, config_hash=config.section_hash("tokenize", "shard"),
+                               tokenizer=tok_info, dtype=dtype.name)
 
 
 def finished_fingerprint(shard_dir: Path) -> str | None:
     """The fingerprint of a finished shard folder; None when absent or unreadable (then rebuilt)."""
     try:
-        return read_manifest(shard_dir).get("fingerprint")
-    except (ShardError, ValueError):
+        return read_manifest(shard_dir).fingerprint
+    except ShardError:
         return None
 
 
 def kept_files(run: Path) -> list[Path]:
-    files = sorted((run / "kept").glob("*.parquet"))
+    files = sorted((run / "kept").glob("part-*.parquet"))
     if not files:
-        raise FileNotFoundError(f"{run}/kept has no parquet files: not a curated run")
+        raise FileNotFoundError(f"{run}/kept has no part-*.parquet files: not a curated run")
     return files
 
 
@@ -249,14 +473,13 @@ def configured_tokenizer(config: SluiceConfig, tokenizer: str | None = None) -> 
 
 
 def build_shard_folder(files: list[Path], config: SluiceConfig, tokenizer_path: str | None, final: Path,
-                       fingerprint: str, blocks: int | None) -> dict:
+                       fingerprint: str, blocks: int | None) -> ShardManifest:
     """Build version 1 in a temporary sibling of `final`, manifest last, then rename it into place."""
     for stale in final.parent.glob(f".{final.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
-    start_ray(config.ray)
-    tok = prepare_tokenizer(config.tokenize, files, tokenizer_path, tmp)
+    tok = prepare_tokenizer(config.tokenize, files, tokenizer_path, tmp, blocks)
     manifest = write_shards(files, config, tok, tmp, fingerprint, trained=not tokenizer_path, blocks=blocks)
     write_manifest(tmp, manifest)
     if final.exists():
@@ -264,8 +487,8 @@ def build_shard_folder(files: list[Path], config: SluiceConfig, tokenizer_path: 
         os.replace(final, trash)
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(tmp, final)
-    log.info("tokenize: %d docs, %d tokens in %d shards -> %s", manifest["docs"], manifest["tokens"],
-             len(manifest["shards"]), final)
+    log.info("tokenize: %d docs, %d tokens in %d shards -> %s", manifest.docs, manifest.tokens,
+             len(manifest.shards), final)
     return manifest
 
 
@@ -273,7 +496,7 @@ def tokenize_run(run_dir: str | Path, config: SluiceConfig, tokenizer: str | Non
                  blocks: int | None = None) -> Path:
     """Tokenize RUN/kept into RUN/shards (skipped when finished with the same fingerprint); return it.
 
-    `blocks` sets Ray Data's parallelism (default: one block per parquet row group); it never changes the output.
+    `blocks` sets Ray Data's parallelism (default: one block per work item); it never changes the output.
     """
     run = Path(run_dir)
     files = kept_files(run)
@@ -296,31 +519,34 @@ def exclusive(shard_dir: Path) -> Iterator[None]:
         yield
 
 
-def remove_unlisted(shard_dir: Path, manifest: dict) -> None:
-    """Delete what a killed append left: shard files the manifest does not list and temporary files."""
-    listed = {e["file"] for e in manifest["shards"]}
+def remove_unlisted(shard_dir: Path, manifest: ShardManifest) -> None:
+    """Delete what a killed append left: shard files the manifest does not list, temporary files and folders."""
+    listed = {e.file for e in manifest.shards}
     for path in chain(shard_dir.glob(SHARD_GLOB), shard_dir.glob(".*.tmp-*")):
-        if path.name not in listed:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.name not in listed:
             path.unlink()
 
 
-def check_folder_tokenizer(shard_dir: Path, manifest: dict, config: SluiceConfig, tokenizer: Tokenizer) -> None:
+def check_folder_tokenizer(shard_dir: Path, manifest: ShardManifest, config: SluiceConfig,
+                           tokenizer: Tokenizer) -> None:
     """An append must encode exactly as the earlier versions did: same tokenizer bytes, same end-of-document."""
-    tok = manifest["tokenizer"]
-    if file_sha256(shard_dir / TOKENIZER_FILE) != tok["sha256"]:
+    tok = manifest.tokenizer
+    if file_sha256(shard_dir / TOKENIZER_FILE) != tok.sha256:
         raise ShardError(f"{shard_dir / TOKENIZER_FILE} differs from the sha256 in its manifest")
     configured = configured_tokenizer(config)
-    if configured and file_sha256(Path(configured)) != tok["sha256"]:
+    if configured and file_sha256(Path(configured)) != tok.sha256:
         raise ValueError(f"tokenize.tokenizer {configured} is not the tokenizer of {shard_dir}; "
                          "a shard folder has one tokenizer: append to a new shard folder instead")
     eod = resolve_eod(tokenizer, config.tokenize.eod_token)
-    if eod != (tok["eod_token"], tok["eod_id"]):
+    if eod != (tok.eod_token, tok.eod_id):
         raise ValueError(f"tokenize.eod_token resolves to {eod[0]!r} but {shard_dir} ends documents with "
-                         f"{tok['eod_token']!r}; keep the folder's end-of-document token")
+                         f"{tok.eod_token!r}; keep the folder's end-of-document token")
 
 
 def append_shards(run_dir: str | Path, shard_dir: str | Path, config: SluiceConfig,
-                  blocks: int | None = None) -> dict:
+                  blocks: int | None = None) -> ShardManifest:
     """Add RUN/kept as the next version of `shard_dir` and return the manifest (the new one, or the current one).
 
     New documents go into new shards numbered after the existing ones, encoded with the folder's own
@@ -343,19 +569,18 @@ def append_shards(run_dir: str | Path, shard_dir: str | Path, config: SluiceConf
                 raise ShardError(f"{out} has no {MANIFEST} but holds {strangers[:3]}: not a shard folder to start")
             return build_shard_folder(files, config, tokenizer_path, out, fingerprint, blocks)
         manifest = read_manifest(out)
-        if any(v["fingerprint"] == fingerprint for v in manifest["versions"]):
+        if manifest.holds(fingerprint):
             log.info("tokenize: %s already holds this batch (fingerprint %s), nothing appended", out, fingerprint)
             return manifest
         tokenizer = Tokenizer.from_file(str(out / TOKENIZER_FILE))
         check_folder_tokenizer(out, manifest, config, tokenizer)
         remove_unlisted(out, manifest)
-        start_ray(config.ray)
-        entries = encode_into_shards(files, config, tokenizer, out, manifest["tokenizer"]["eod_id"],
-                                     np.dtype(manifest["dtype"]), version=manifest["version"] + 1,
-                                     first_index=len(manifest["shards"]), blocks=blocks)
-        manifest = extend_manifest(manifest, entries, fingerprint=fingerprint,
+        entries = encode_into_shards(files, config, tokenizer, out, manifest.tokenizer.eod_id,
+                                     np.dtype(manifest.dtype), version=manifest.version + 1,
+                                     first_index=len(manifest.shards), blocks=blocks)
+        manifest = manifest.extend(entries, fingerprint=fingerprint,
                                    config_hash=config.section_hash("tokenize", "shard"))
         write_manifest(out, manifest)
-    log.info("tokenize: version %d of %s adds %d docs, %d tokens in %d shards", manifest["version"], out,
-             sum(e["docs"] for e in entries), sum(e["tokens"] for e in entries), len(entries))
+    log.info("tokenize: version %d of %s adds %d docs, %d tokens in %d shards", manifest.version, out,
+             sum(e.docs for e in entries), sum(e.tokens for e in entries), len(entries))
     return manifest

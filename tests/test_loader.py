@@ -6,11 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 from tokenizers import Tokenizer
 
-from stages.shard import ShardError, ShardWriter, build_manifest, file_sha256, write_manifest
+from pipeline.manifest import (ManifestVersion, ShardError, ShardManifest, TokenizerInfo, read_manifest,
+                               write_manifest)
+from stages.shard import file_sha256, shard_name, shard_of, write_shard
 from stages.tokenize import tokenize_docs
 from stages.train.data import ShardLoader, TokenStream, open_loaders
 
@@ -24,13 +27,16 @@ def write_shard_dir(out: Path, shared: Path, tokens_per_shard: int = 3_000) -> P
     scenes = [s for s in (shared / "tinyshakespeare/input.txt").read_text().split("\n\n") if s.strip()][:600]
     docs = pa.table({"id": [f"s{i}" for i in range(len(scenes))], "text": scenes, "source": ["plays"] * len(scenes)})
     out.mkdir(parents=True)
-    writer = ShardWriter(out, np.dtype(np.uint16), tokens_per_shard, version=1)
-    writer.add(tokenize_docs(tokenizer, docs, eod_id=50279, dtype=np.dtype(np.uint16), seed=0, first_position=0))
+    tokenized = tokenize_docs(tokenizer, docs, eod_id=50279, dtype=np.dtype(np.uint16))
+    lengths = pc.list_value_length(tokenized["tokens"]).to_numpy()
+    window = shard_of(np.cumsum(lengths) - lengths, tokens_per_shard)
+    entries = [write_shard(out / shard_name(i), tokenized.filter(pa.array(window == w)), 1, np.dtype(np.uint16))
+               for i, w in enumerate(np.unique(window))]
     (out / "tokenizer.json").write_bytes(source.read_bytes())
-    tok = {"file": "tokenizer.json", "sha256": file_sha256(source), "vocab_size": 50280, "eod_token": "<|endoftext|>",
-           "eod_id": 50279, "trained": False}
-    write_manifest(out, build_manifest(writer.close(), version=1, fingerprint="f" * 16, config_hash="c" * 16,
-                                       tokenizer=tok, dtype=np.dtype(np.uint16)))
+    tok = TokenizerInfo(file="tokenizer.json", sha256=file_sha256(source), vocab_size=50280,
+                        eod_token="<|endoftext|>", eod_id=50279, trained=False)
+    write_manifest(out, ShardManifest.first(entries, fingerprint="f" * 16, config_hash="c" * 16, tokenizer=tok,
+                                            dtype="uint16"))
     return out
 
 
@@ -156,3 +162,37 @@ def test_manifest_problems_are_named(tmp_path, shared_data):
     (shards / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="escapes its root"):
         TokenStream(shards)
+
+
+def test_manifest_is_typed_and_byte_stable(shards, tmp_path):
+    """Read, write, read again: the same model and the same bytes; versions chain their fingerprints."""
+    m = read_manifest(shards)
+    assert isinstance(m, ShardManifest) and m.tokens == sum(e.tokens for e in m.shards) and m.docs == 600
+    assert m.versions == [ManifestVersion(version=1, fingerprint="f" * 16, config_hash="c" * 16,
+                                          shards=[e.file for e in m.shards])]
+    write_manifest(tmp_path, m)
+    assert (tmp_path / "manifest.json").read_bytes() == (shards / "manifest.json").read_bytes()
+    assert read_manifest(tmp_path) == m
+    text = (shards / "manifest.json").read_text()
+    assert list(json.loads(text)) == sorted(json.loads(text)) and text.endswith("}\n")
+    grown = m.extend(m.shards[:1], fingerprint="g" * 16, config_hash="c" * 16)
+    assert grown.version == 2 and grown.tokens == m.tokens + m.shards[0].tokens and grown.holds("g" * 16)
+    assert grown.fingerprint not in (m.fingerprint, "g" * 16) and grown.has_ancestor(1, m.fingerprint)
+    assert not grown.has_ancestor(2, m.fingerprint) and not grown.has_ancestor(1, "0" * 16)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["shards"][0].update(path=m["shards"][0].pop("file")), r"shards\.0\.file: Field required"),
+    (lambda m: m.update(extra=1), r"extra: Extra inputs are not permitted"),
+    (lambda m: m["tokenizer"].update(vocab_size="many"), r"tokenizer\.vocab_size"),
+    (lambda m: m.update(format="other/2"), r"unknown format 'other/2'"),
+])
+def test_malformed_manifests_are_named(shards, tmp_path, change, message):
+    manifest = json.loads((shards / "manifest.json").read_text())
+    change(manifest)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match=rf"{tmp_path / 'manifest.json'}: .*{message}"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ShardError, match="manifest.json: not valid JSON"):
+        read_manifest(tmp_path)

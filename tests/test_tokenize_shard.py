@@ -14,11 +14,14 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
+from typer.testing import CliRunner
 
+from flows.cli import app
 from pipeline.config import SluiceConfig
+from pipeline.manifest import ShardError, read_manifest
 from pipeline.schema import DOC_SCHEMA
-from stages.shard import ShardError, file_sha256, inspect_shards, open_shard, read_manifest, token_view
-from stages.tokenize import append_shards, resolve_eod, sample_texts, tokenize_run, train_bpe
+from stages.shard import file_sha256, inspect_shards, open_shard, token_view
+from stages.tokenize import append_shards, hash_keys, resolve_eod, sample_texts, tokenize_run, train_bpe
 from stages.train.data import NewShardVersion, open_loaders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +56,7 @@ def config(tokenizer: str | None = None, eod_token: str | None = "auto", **shard
 def read_docs(shard_dir: Path) -> list[tuple[str, np.ndarray]]:
     """(doc_id, tokens) of every document, in shard order."""
     out = []
-    for entry in read_manifest(shard_dir)["shards"]:
+    for entry in read_manifest(shard_dir).shards:
         for batch in open_shard(shard_dir, entry, verify="sha256"):
             values, offsets = token_view(batch)
             out += [(d, values[a:b]) for d, a, b in zip(batch.column("doc_id").to_pylist(), offsets[:-1], offsets[1:])]
@@ -75,20 +78,24 @@ def test_real_tokenizers_give_uint16_shards_with_full_manifest(tmp_path, docs, s
     out = tokenize_run(make_run(tmp_path, docs), config(), tokenizer=str(source))
     m = read_manifest(out)
     tok = Tokenizer.from_file(str(source))
-    assert m["dtype"] == "uint16" and m["version"] == 1 and m["tokenizer"]["vocab_size"] == tok.get_vocab_size(True)
-    assert m["tokenizer"]["sha256"] == file_sha256(source) == file_sha256(out / "tokenizer.json")
-    assert m["tokenizer"]["eod_token"] == ("<|endoftext|>" if rel == NEOX else "</s>")
-    with ipc.open_file(pa.memory_map(str(out / m["shards"][0]["file"]))) as reader:
+    assert m.dtype == "uint16" and m.version == 1 and m.tokenizer.vocab_size == tok.get_vocab_size(True)
+    assert m.tokenizer.sha256 == file_sha256(source) == file_sha256(out / "tokenizer.json")
+    assert m.tokenizer.eod_token == ("<|endoftext|>" if rel == NEOX else "</s>")
+    with ipc.open_file(pa.memory_map(str(out / m.shards[0].file))) as reader:
         assert reader.schema.field("tokens").type == pa.list_(pa.uint16())
         assert reader.num_record_batches == 1
     got = read_docs(out)
-    assert len(got) == m["docs"] == len(docs) and sorted(d for d, _ in got) == sorted(d["id"] for d in docs)
-    assert sum(len(t) for _, t in got) == m["tokens"] == sum(e["tokens"] for e in m["shards"])
-    assert sum(m["sources"].values()) == m["tokens"] and set(m["sources"]) == {"wiki", "plays"}
-    assert all(t[-1] == m["tokenizer"]["eod_id"] for _, t in got)
-    assert all(e["version"] == 1 and e["sha256"] == file_sha256(out / e["file"]) for e in m["shards"])
-    assert m["versions"] == [{"version": 1, "fingerprint": m["fingerprint"], "config_hash": m["config_hash"],
-                              "shards": [e["file"] for e in m["shards"]]}]
+    assert len(got) == m.docs == len(docs) and sorted(d for d, _ in got) == sorted(d["id"] for d in docs)
+    assert sum(len(t) for _, t in got) == m.tokens == sum(e.tokens for e in m.shards)
+    assert sum(m.sources.values()) == m.tokens and set(m.sources) == {"wiki", "plays"}
+    assert all(t[-1] == m.tokenizer.eod_id for _, t in got)
+    assert all(e.version == 1 and e.sha256 == file_sha256(out / e.file) for e in m.shards)
+    assert [v.model_dump() for v in m.versions] == [{"version": 1, "fingerprint": m.fingerprint,
+                                                     "config_hash": m.config_hash,
+                                                     "shards": [e.file for e in m.shards]}]
+    on_disk = (out / "manifest.json").read_bytes()  # the JSON keys stay those Sluice always wrote
+    assert set(json.loads(on_disk)) == {"format", "version", "fingerprint", "config_hash", "tokenizer", "dtype",
+                                        "docs", "tokens", "sources", "versions", "shards"}
 
 
 def test_byte_level_bpe_shards_decode_to_the_documents_exactly(tmp_path, docs, shared_data, ray_cluster):
@@ -106,7 +113,7 @@ def test_trained_bpe_is_reproducible_and_round_trips(tmp_path, shared_data, ray_
     second = tokenize_run(make_run(tmp_path / "b", docs, parts=2), config())
     assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
     m = read_manifest(first)
-    assert m["tokenizer"]["trained"] and m["tokenizer"]["vocab_size"] == 600
+    assert m.tokenizer.trained and m.tokenizer.vocab_size == 600
     tok = Tokenizer.from_file(str(first / "tokenizer.json"))
     text = {d["id"]: d["text"] for d in docs}
     assert all(tok.decode(t[:-1].tolist()) == text[d] for d, t in read_docs(first))
@@ -124,7 +131,7 @@ def test_vocabulary_above_65536_gives_uint32(tmp_path, ray_cluster):
     docs = [{"id": f"d{i}", "text": f"w{69_999 - i} w{i} w{65_536 + i}", "source": "synthetic", "url": None,
              "meta": None} for i in range(50)]
     out = tokenize_run(make_run(tmp_path / "run", docs), config(), tokenizer=str(path))
-    assert read_manifest(out)["dtype"] == "uint32"
+    assert read_manifest(out).dtype == "uint32"
     got = dict(read_docs(out))
     assert got["d7"].dtype == np.uint32 and got["d7"].tolist() == [69_992, 7, 65_543, 70_001]
 
@@ -135,41 +142,80 @@ def test_same_bytes_whatever_parallelism(tmp_path, docs, shared_data, ray_cluste
     many = tokenize_run(make_run(tmp_path / "many", docs), config(), tokenizer=tokenizer, blocks=3)
     make_run(tmp_path / "one", docs)
     script = ("import sys; from pathlib import Path; from pipeline.config import SluiceConfig;"
-              "from stages.tokenize import tokenize_run;"
+              "from pipeline.runtime import start_ray; from stages.tokenize import tokenize_run;"
               "cfg = SluiceConfig.model_validate({'ray': {'num_cpus': 1, 'dashboard': False},"
               "'shard': {'tokens_per_shard': 20000}, 'tokenize': {'vocab_size': 600, 'train_sample_docs': 200}});"
-              "tokenize_run(Path(sys.argv[1]), cfg, tokenizer=sys.argv[2], blocks=1)")
+              "start_ray(cfg.ray); tokenize_run(Path(sys.argv[1]), cfg, tokenizer=sys.argv[2], blocks=1)")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "one"), tokenizer], check=True, cwd=ROOT, env=env,
                    timeout=300)
     one = tmp_path / "one" / "shards"
-    assert len(read_manifest(many)["shards"]) > 1
+    assert len(read_manifest(many).shards) > 1
     assert folder_bytes(many) == folder_bytes(one)
 
 
-def test_shards_cut_at_target_and_order_is_seeded(tmp_path, docs, shared_data, ray_cluster):
+def shard_ids(shard_dir: Path) -> list[list[str]]:
+    """The document ids of each shard, in shard order."""
+    return [[d for b in open_shard(shard_dir, e) for d in b.column("doc_id").to_pylist()]
+            for e in read_manifest(shard_dir).shards]
+
+
+def reference_shards(run: Path, lengths: dict[str, int], cfg: SluiceConfig) -> list[list[str]]:
+    """The documented order and cut rule, the slow obvious way in one process: every document of the
+    run sorted by (key, position), each put in shard floor(start offset / tokens_per_shard)."""
+    rows = []
+    for f_index, f in enumerate(sorted((run / "kept").glob("part-*.parquet"))):  # one row group a file here
+        t = pq.read_table(f, columns=["id", "source"])
+        keys = hash_keys(t["id"], t["source"], cfg.shard.seed)
+        rows += [(int(k) if cfg.shard.shuffle else 0, (f_index << 32) + r, i) for r, (k, i) in
+                 enumerate(zip(keys, t["id"].to_pylist()))]
+    shards: dict[int, list[str]] = {}
+    start = 0
+    for _, _, doc_id in sorted(rows):
+        shards.setdefault(start // cfg.shard.tokens_per_shard, []).append(doc_id)
+        start += lengths[doc_id]
+    return list(shards.values())
+
+
+def test_shards_are_the_documented_cut_of_the_seeded_order(tmp_path, docs, shared_data, ray_cluster):
     tokenizer = str(shared_data / NEOX)
     run = make_run(tmp_path, docs)
-    out = tokenize_run(run, config(tokens_per_shard=5_000), tokenizer=tokenizer)
-    m = read_manifest(out)
-    got = read_docs(out)
-    lengths = {d: len(t) for d, t in got}
-    assert [e["file"] for e in m["shards"]] == [f"shard-{i:05d}.arrow" for i in range(len(m["shards"]))]
-    position = 0
-    for i, entry in enumerate(m["shards"]):
-        last = got[position + entry["docs"] - 1][0]
-        if i < len(m["shards"]) - 1:  # closes at the first document that reaches the target
-            assert entry["tokens"] >= 5_000 > entry["tokens"] - lengths[last]
-        position += entry["docs"]
-    shuffled = [d for d, _ in got]
-    stable = [d for d, _ in read_docs(tokenize_run(run, config(tokens_per_shard=5_000, shuffle=False),
-                                                   tokenizer=tokenizer))]
-    reseeded = [d for d, _ in read_docs(tokenize_run(run, config(tokens_per_shard=5_000, seed=1),
-                                                     tokenizer=tokenizer))]
+    orders = []
+    for cfg in (config(tokens_per_shard=5_000), config(tokens_per_shard=5_000, shuffle=False),
+                config(tokens_per_shard=5_000, seed=1)):
+        out = tokenize_run(run, cfg, tokenizer=tokenizer)
+        lengths = {d: len(t) for d, t in read_docs(out)}
+        got = shard_ids(out)
+        assert got == reference_shards(run, lengths, cfg) and len(got) > 3
+        m = read_manifest(out)
+        assert [e.file for e in m.shards] == [f"shard-{i:05d}.arrow" for i in range(len(m.shards))]
+        assert all(abs(e.tokens - 5_000) < max(lengths.values()) for e in m.shards[:-1])
+        orders.append([d for shard in got for d in shard])
+    shuffled, stable, reseeded = orders
     files = sorted((run / "kept").glob("*.parquet"))
     assert stable == [i for f in files for i in pq.read_table(f)["id"].to_pylist()]
     assert sorted(shuffled) == sorted(stable) == sorted(reseeded)
     assert len({tuple(shuffled), tuple(stable), tuple(reseeded)}) == 3
+
+
+def test_long_and_empty_documents_skip_windows_and_lose_nothing(tmp_path, ray_cluster):
+    """Documents longer than a shard window leave windows no document starts in; documents of zero
+    tokens (empty text, no end-of-document token) still travel."""
+    words = {f"w{i}": i for i in range(100)} | {"[UNK]": 100}
+    tok = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(tmp_path / "words.json"))
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{j}" for j in rng.integers(0, 100, n)) for n in rng.integers(0, 40, 40)]
+    docs = [{"id": f"d{i}", "text": t, "source": "words", "url": None, "meta": None} for i, t in enumerate(texts)]
+    run = make_run(tmp_path / "run", docs)
+    for shuffle in (True, False):
+        cfg = config(tokens_per_shard=12, eod_token=None, shuffle=shuffle)
+        out = tokenize_run(run, cfg, tokenizer=str(tmp_path / "words.json"))
+        lengths = {d: len(t) for d, t in read_docs(out)}
+        assert sorted(lengths) == sorted(d["id"] for d in docs) and 0 in lengths.values()
+        assert shard_ids(out) == reference_shards(run, lengths, cfg)
+        assert len(read_manifest(out).shards) < sum(lengths.values()) // 12  # windows were skipped
 
 
 def test_rerun_skips_finished_shards_and_rebuilds_on_change(tmp_path, docs, shared_data, ray_cluster):
@@ -184,9 +230,9 @@ def test_rerun_skips_finished_shards_and_rebuilds_on_change(tmp_path, docs, shar
     m1 = read_manifest(out)
     tokenize_run(run, config(tokens_per_shard=7_000), tokenizer=tokenizer)
     m2 = read_manifest(out)
-    assert m2["fingerprint"] != m1["fingerprint"] and m2["config_hash"] != m1["config_hash"]
+    assert m2.fingerprint != m1.fingerprint and m2.config_hash != m1.config_hash
     assert not stale.exists() and not list(run.glob(".shards.*"))
-    assert {p.name for p in out.iterdir()} == {"manifest.json", "tokenizer.json"} | {e["file"] for e in m2["shards"]}
+    assert {p.name for p in out.iterdir()} == {"manifest.json", "tokenizer.json"} | {e.file for e in m2.shards}
 
 
 def test_end_of_document_token_resolution(shared_data):
@@ -207,9 +253,18 @@ def test_inspect_and_corruption_name_the_shard(tmp_path, docs, shared_data, ray_
     m = read_manifest(out)
     first_id, first_tokens = read_docs(out)[0]
     decoded = Tokenizer.from_file(str(out / "tokenizer.json")).decode(first_tokens.tolist())
-    assert "shard-00000.arrow" in report and "tokens per document" in report and f"{m['tokens']:,} tokens" in report
+    assert "shard-00000.arrow" in report and "tokens per document" in report and f"{m.tokens:,} tokens" in report
     assert first_id in report and decoded[:40] in report.replace("\\n", "\n")
-    victim = out / m["shards"][1]["file"]
+    shown = CliRunner().invoke(app, ["inspect", str(out)])
+    assert shown.exit_code == 0 and "shard-00000.arrow" in shown.output and first_id in shown.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    escaping = tmp_path / "escaping"
+    escaping.mkdir()
+    manifest["shards"][0]["file"] = "../../shard-00000.arrow"
+    (escaping / "manifest.json").write_text(json.dumps(manifest))
+    refused = CliRunner().invoke(app, ["inspect", str(escaping)])
+    assert refused.exit_code == 2 and "escapes its root" in " ".join(refused.output.split())
+    victim = out / m.shards[1].file
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
@@ -232,37 +287,38 @@ def test_append_adds_a_version_and_never_rewrites_old_shards(tmp_path, docs, ray
     batch1, batch2 = two_batches(tmp_path, docs)
     corpus = tmp_path / "corpus"
     m1 = append_shards(batch1, corpus, cfg)
-    assert m1["version"] == 1 and folder_bytes(corpus) == folder_bytes(tokenize_run(batch1, cfg))
+    assert m1.version == 1 and folder_bytes(corpus) == folder_bytes(tokenize_run(batch1, cfg))
     v1_loader, _ = open_loaders(corpus, 16, 4, val_fraction=0.1)
     v1_state = v1_loader.state_dict()
     before = folder_bytes(corpus)
 
     m2 = append_shards(batch2, corpus, cfg)
     after = folder_bytes(corpus)
-    new = m2["shards"][len(m1["shards"]):]
-    assert m2["version"] == 2 and m2["shards"][:len(m1["shards"])] == m1["shards"] and new
+    new = m2.shards[len(m1.shards):]
+    assert m2.version == 2 and m2.shards[:len(m1.shards)] == m1.shards and new
     assert all(after[name] == data for name, data in before.items() if name != "manifest.json")
-    assert [e["file"] for e in m2["shards"]] == [f"shard-{i:05d}.arrow" for i in range(len(m2["shards"]))]
-    assert {e["version"] for e in new} == {2} and m2["versions"][0] == m1["versions"][0]
-    assert m2["versions"][1]["shards"] == [e["file"] for e in new] and m2["fingerprint"] != m1["fingerprint"]
-    assert m2["docs"] == len(docs) and m2["tokens"] == m1["tokens"] + sum(e["tokens"] for e in new)
-    assert sum(m2["sources"].values()) == m2["tokens"] and m2["tokenizer"] == m1["tokenizer"]
-    assert set(after) == {"manifest.json", "tokenizer.json"} | {e["file"] for e in m2["shards"]}
+    assert [e.file for e in m2.shards] == [f"shard-{i:05d}.arrow" for i in range(len(m2.shards))]
+    assert {e.version for e in new} == {2} and m2.versions[0] == m1.versions[0]
+    assert m2.versions[1].shards == [e.file for e in new] and m2.fingerprint != m1.fingerprint
+    assert m2.docs == len(docs) and m2.tokens == m1.tokens + sum(e.tokens for e in new)
+    assert sum(m2.sources.values()) == m2.tokens and m2.tokenizer == m1.tokenizer
+    assert set(after) == {"manifest.json", "tokenizer.json"} | {e.file for e in m2.shards}
+    assert read_manifest(corpus) == m2
 
     tok = Tokenizer.from_file(str(corpus / "tokenizer.json"))
     text = {d["id"]: d["text"] for d in docs}
     got = read_docs(corpus)
-    added = got[m1["docs"]:]
+    added = got[m1.docs:]
     assert sorted(d for d, _ in added) == sorted(d["id"] for d in docs[1::2])
-    assert all(t[-1] == m1["tokenizer"]["eod_id"] and tok.decode(t[:-1].tolist()) == text[d] for d, t in added)
+    assert all(t[-1] == m1.tokenizer.eod_id and tok.decode(t[:-1].tolist()) == text[d] for d, t in added)
 
     for batch in (batch2, batch1):  # a batch already in the folder is not added again
         assert append_shards(batch, corpus, cfg) == m2
     assert folder_bytes(corpus) == after
 
     train, val = open_loaders(corpus, 16, 4, val_fraction=0.1)
-    assert train.stream.total == m2["tokens"] == sum(len(t) for _, t in got)
-    assert len(train.stream.pieces) == len(m2["shards"]) and train.num_samples > v1_loader.num_samples
+    assert train.stream.total == m2.tokens == sum(len(t) for _, t in got)
+    assert len(train.stream.pieces) == len(m2.shards) and train.num_samples > v1_loader.num_samples
     v1_state["epoch"], v1_state["step"] = 3, 5
     with pytest.raises(NewShardVersion, match="version 1 .* now version 2"):
         train.load_state_dict(v1_state)
@@ -282,11 +338,11 @@ def test_killed_append_retried_equals_a_clean_append(tmp_path, docs, shared_data
     crashed.mkdir()
     (crashed / "shard-00003.arrow").write_bytes(b"killed before the manifest")  # a first attempt died too
     first = append_shards(batch1, crashed, cfg, blocks=1)
-    n = len(first["shards"])
+    n = len(first.shards)
     for orphan in (f"shard-{n:05d}.arrow", f"shard-{n + 40:05d}.arrow", f".shard-{n + 1:05d}.arrow.tmp-dead"):
         (crashed / orphan).write_bytes(b"half-written by a killed append")
     append_shards(batch2, crashed, cfg, blocks=1)
-    assert read_manifest(crashed)["version"] == 2 and folder_bytes(crashed) == folder_bytes(clean)
+    assert read_manifest(crashed).version == 2 and folder_bytes(crashed) == folder_bytes(clean)
 
     other = config(tokens_per_shard=5_000, tokenizer=str(shared_data / LLAMA))
     with pytest.raises(ValueError, match="not the tokenizer of"):

@@ -87,7 +87,7 @@ def test_training_continues_from_its_checkpoint_on_appended_shards(shard_dir, un
                              "source": ["wikitext"] * len(paragraphs), "url": [None] * len(paragraphs),
                              "meta": [None] * len(paragraphs)}, schema=DOC_SCHEMA), batch / "kept" / "part-00000.parquet")
     config = {"tokenize": {"vocab_size": VOCAB}, "shard": {"tokens_per_shard": 100_000}}
-    assert append_shards(batch, shard_dir, parse_config(config))["version"] == 2
+    assert append_shards(batch, shard_dir, parse_config(config)).version == 2
     final = train(parse_config({**config, "train": TRAIN | {"run_name": "plain", "steps": 26}}), shard_dir, uninterrupted)
     assert final["steps"] == 26 and final["resumed_from"] == [20]
     assert [r["step"] for r in read_metrics(uninterrupted / "train" / "metrics.jsonl")] == list(range(1, 27))

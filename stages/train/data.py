@@ -21,7 +21,8 @@ from typing import Iterator, Literal
 import numpy as np
 import torch
 
-from stages.shard import Verify, manifest_fingerprint, open_shard, read_manifest, token_view
+from pipeline.manifest import read_manifest
+from stages.shard import Verify, open_shard, token_view
 
 
 class NewShardVersion(ValueError):
@@ -34,16 +35,10 @@ class TokenStream:
     def __init__(self, shard_dir: str | Path, verify: Verify = "size"):
         self.shard_dir = Path(shard_dir)
         self.manifest = read_manifest(self.shard_dir)
-        self.pieces = [token_view(batch)[0] for entry in self.manifest["shards"]
+        self.pieces = [token_view(batch)[0] for entry in self.manifest.shards
                        for batch in open_shard(self.shard_dir, entry, verify)]
         self.starts = np.concatenate([[0], np.cumsum([len(p) for p in self.pieces], dtype=np.int64)])
         self.total = int(self.starts[-1])
-
-    def has_ancestor(self, version: int | None, fingerprint: str) -> bool:
-        """Whether `fingerprint` named this folder at `version`, before later versions were appended."""
-        versions = self.manifest["versions"]
-        return (isinstance(version, int) and 1 <= version < len(versions)
-                and manifest_fingerprint(versions[:version]) == fingerprint)
 
     def gather(self, starts: np.ndarray, length: int) -> np.ndarray:
         """Windows [start, start + length) as one int64 array, copied slice by slice from the mapping."""
@@ -129,7 +124,7 @@ class ShardLoader:
         """Where the next batch comes from; rank-independent, so rank 0's state resumes every rank."""
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "seq_len": self.seq_len,
                 "batch_size": self.batch_size, "world_size": self.world_size, "num_samples": self.num_samples,
-                "fingerprint": self.stream.manifest["fingerprint"], "version": self.stream.manifest["version"]}
+                "fingerprint": self.stream.manifest.fingerprint, "version": self.stream.manifest.version}
 
     def load_state_dict(self, state: dict, on_new_version: Literal["error", "next_epoch"] = "error") -> None:
         """Resume exactly where `state` left off, on the same shards.
@@ -144,7 +139,7 @@ class ShardLoader:
             if state[key] != mine[key]:
                 raise ValueError(f"loader state does not match this loader: {key} {state[key]!r} != {mine[key]!r}")
         if state["fingerprint"] != mine["fingerprint"]:
-            if not self.stream.has_ancestor(state.get("version"), state["fingerprint"]):
+            if not self.stream.manifest.has_ancestor(state.get("version"), state["fingerprint"]):
                 raise ValueError(f"loader state belongs to other shards: manifest fingerprint {state['fingerprint']} "
                                  f"is not a version of {self.stream.shard_dir}")
             if on_new_version == "error":

@@ -324,5 +324,5 @@ def open_loaders(shard_dir: Path, cfg: TrainConfig, rank: int, world: int) -> tu
     batch), and the vocabulary size recorded in the manifest."""
     train_data, val_data = data.open_loaders(shard_dir, cfg.seq_len, cfg.batch_size, rank=rank, world_size=world,
                                              seed=cfg.seed, val_fraction=cfg.val_fraction)
-    vocab_size = train_data.stream.manifest["tokenizer"]["vocab_size"]
+    vocab_size = train_data.stream.manifest.tokenizer.vocab_size
     return train_data, (val_data if len(val_data) else None), vocab_size

@@ -22,6 +22,7 @@ from flows.train import train_flow
 from pipeline.config import SluiceConfig, load_config
 from pipeline.incremental import IncrementalState
 from pipeline.readers import expand_inputs
+from pipeline.runtime import start_ray
 from stages.tokenize import append_shards
 
 log = logging.getLogger("sluice")
@@ -53,6 +54,7 @@ def exclusive(root: Path) -> Iterator[bool]:
 def incremental_flow(config_path: str) -> dict:
     """One scheduled run: returns the batch's ledger summary, or {} when no input file is new."""
     cfg = load_config(config_path)
+    start_ray(cfg.ray)  # the flow's entry point in a scheduled run's own process
     root = Path(cfg.out)
     with exclusive(root) as mine:
         if not mine:

@@ -129,7 +129,7 @@ def two_node_cluster(home: Path, logs: Path) -> Iterator[str]:
 def write_corpus(shared_data: Path, path: Path, n_docs: int = 240, seed: int = 0) -> None:
     """Real web documents, some exact and some edited near copies so both dedups have work to do."""
     rng = random.Random(seed)
-    with gzip.open(shared_data / "cc-web-docs" / "dolma_cc_en_head-0091.jsonl.gz", "rt") as fh:
+    with gzip.open(shared_data / "cc-web-docs" / "dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz", "rt") as fh:
         texts = [json.loads(line)["text"] for line in fh][:n_docs]
     rows = [{"id": f"doc-{i:04d}", "text": t} for i, t in enumerate(texts)]
     for i, t in enumerate(rng.sample(texts, 30)):

@@ -130,11 +130,11 @@ def write_corpus(shared_data: Path, path: Path, n_docs: int = 240, seed: int = 0
     """Real web documents, some exact and some edited near copies so both dedups have work to do."""
     rng = random.Random(seed)
     with gzip.open(shared_data / "cc-web-docs" / "dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz", "rt") as fh:
-        texts = [json.loads(line)["text"] for line in fh][:n_docs]
+        texts = [t for t in (json.loads(line)["text"] for line in fh) if len(t.split()) >= 50][:n_docs]
     rows = [{"id": f"doc-{i:04d}", "text": t} for i, t in enumerate(texts)]
     for i, t in enumerate(rng.sample(texts, 30)):
         words = t.split()
-        for _ in range(max(1, len(words) // 50)):
+        for _ in range(len(words) // 50):
             words[rng.randrange(len(words))] = rng.choice(["river", "lamp", "orbit"])
         rows.append({"id": f"near-{i:03d}", "text": " ".join(words)})
     rows += [{"id": f"exact-{i:03d}", "text": t} for i, t in enumerate(rng.sample(texts, 10))]

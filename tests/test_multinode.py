@@ -104,6 +104,9 @@ while sum(n["Alive"] for n in ray.nodes()) < int(sys.argv[2]):
 def two_node_cluster(home: Path, logs: Path) -> Iterator[str]:
     """A head and a worker node, one CPU each; yields the head's address once both are alive."""
     env = user_env(home)
+    # `ray start --head` turns token auth on by itself when ~/.ray/auth_token exists; joining nodes (like
+    # any `ray.init(address=...)`) need RAY_AUTH_MODE=token, as Ray's docs say. Sluice sets it itself.
+    token_mode = {"RAY_AUTH_MODE": "token"}
     port = free_port()
     address = f"127.0.0.1:{port}"
     # Short temp dirs: Ray's Unix sockets live under them and their paths are limited to 107 bytes.
@@ -113,11 +116,10 @@ def two_node_cluster(home: Path, logs: Path) -> Iterator[str]:
         with ray_node(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
                        "--include-dashboard", "false", "--temp-dir", head_tmp], env, logs / "head.log") as head, \
              ray_node(["--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                       "--temp-dir", worker_tmp], env, logs / "worker.log") as worker:
+                       "--temp-dir", worker_tmp], env | token_mode, logs / "worker.log") as worker:
             sessions += [head.pid, worker.pid]
-            # Checking needs the auth mode set by hand: that is what `sluice` must now do by itself.
             ready = subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, address, "2"], timeout=180,
-                                   env=env | {"RAY_AUTH_MODE": "token"}, capture_output=True, text=True)
+                                   env=env | token_mode, capture_output=True, text=True)
             assert ready.returncode == 0, ready.stderr[-3000:] + (logs / "head.log").read_text()[-2000:]
             yield address
     finally:

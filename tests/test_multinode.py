@@ -48,7 +48,7 @@ def free_port() -> int:
 
 def sluice(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=420)
+                          capture_output=True, text=True, timeout=900)
 
 
 def digest(run_dir: Path) -> dict[str, str]:
@@ -153,6 +153,7 @@ def user_home(tmp_path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # two CLI runs and a cluster start: about 3 minutes on a quiet 2-core machine
 def test_run_through_ray_address_matches_the_embedded_cluster(shared_data, user_home, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     write_corpus(shared_data, corpus)

@@ -185,23 +185,22 @@ class Measured:
     peak_largest_mb: float = 0.0
     largest_name: str = ""
     max_processes: int = 0
-    session_only: int = 0  # processes found only through the session, not as descendants
+    session_only: list[str] = field(default_factory=list)  # found only through the session, not as descendants
     names: list[str] = field(default_factory=list)
     lines: list[tuple[float, str]] = field(default_factory=list)  # (seconds since start, line)
 
 
-def _tree(root: psutil.Process) -> tuple[list[psutil.Process], int]:
-    """The root, its descendants, and any process of its session that was re-parented away."""
+def _tree(root: psutil.Process) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """The root with its descendants, and the processes of its session that were re-parented away."""
     procs = {root.pid: root}
     with contextlib.suppress(psutil.NoSuchProcess):
         procs.update({p.pid: p for p in root.children(recursive=True)})
-    extra = 0
+    extra = []
     for p in psutil.process_iter():
         with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
             if p.pid not in procs and os.getsid(p.pid) == root.pid:
-                procs[p.pid] = p
-                extra += 1
-    return list(procs.values()), extra
+                extra.append(p)
+    return list(procs.values()) + extra, extra
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> Measured:
@@ -211,6 +210,7 @@ def measure(cmd: list[str], env: dict[str, str]) -> Measured:
                             text=True, errors="replace", start_new_session=True)
     m = Measured(wall_s=0.0, returncode=0)
     names: set[str] = set()
+    session_only: set[str] = set()
 
     def read() -> None:
         for line in proc.stdout:
@@ -233,12 +233,15 @@ def measure(cmd: list[str], env: dict[str, str]) -> Measured:
         if largest / 1e6 > m.peak_largest_mb:
             m.peak_largest_mb, m.largest_name = largest / 1e6, largest_name
         m.max_processes = max(m.max_processes, len(tree))
-        m.session_only = max(m.session_only, extra)
+        for p in extra:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                session_only.add(p.name())
         time.sleep(SAMPLE_S)
     m.wall_s = time.monotonic() - start
     m.returncode = proc.returncode
     reader.join(timeout=10)
     m.names = sorted(names)
+    m.session_only = sorted(session_only)
     return m
 
 
@@ -384,8 +387,11 @@ def run_size(n_docs: int, args) -> dict:
     print(f"\n## {n_docs:,} documents, {mb:,.0f} MB ({corpus_path})", flush=True)
 
     def record(name: str, m: Measured, extra: dict | None = None) -> dict:
+        log_file = args.workdir / f"{name.replace(' ', '-')}-{n_docs}.log"  # the output, timestamped
+        log_file.write_text("".join(f"{t:8.2f} {line}\n" for t, line in m.lines))
         entry = asdict(m)
         entry.pop("lines")
+        entry["log"] = str(log_file)
         entry |= {"docs_per_s": n_docs / m.wall_s, "mb_per_s": mb / m.wall_s} | (extra or {})
         result["runs"][name] = entry
         if m.returncode:
@@ -461,10 +467,11 @@ def print_size(result: dict, bands: int, rows: int) -> None:
                   f"{dedup['peak_tree_mb'] / result['runs'][peer]['peak_tree_mb']:.2f}x tree RSS")
     print(f"peers at Sluice's LSH setting: {bands} bands x {rows} rows (rensa: nearest divisor of num_perm)")
     for name, r in result["runs"].items():
-        ray = [n for n in r["names"] if n in ("raylet", "gcs_server") or n.startswith("ray::")]
-        if ray:
-            print(f"{name}: tree held {', '.join(ray[:6])}{' ...' if len(ray) > 6 else ''}; "
-                  f"{r['session_only']} process(es) found only by session")
+        workers = sum(n.startswith("ray::") for n in r["names"])
+        if workers:
+            core = [n for n in ("gcs_server", "raylet") if n in r["names"]]
+            print(f"{name}: measured {', '.join(core)} and {workers} distinct ray:: worker titles; found only by "
+                  f"session (re-parented): {', '.join(r['session_only']) or 'none'}")
     if result["stages"]:
         print("\n| stage of `sluice run` | seconds | rate | floor (one process) | ratio to floor |")
         print("|---|---:|---:|---:|---:|")

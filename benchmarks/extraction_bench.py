@@ -73,10 +73,10 @@ def score(extract: Callable, pages: list[tuple[bytes, str, str]]) -> dict[str, f
 
 def extractors() -> dict[str, Callable]:
     found = {
-        "trafilatura favor_precision, no comments (Sluice default)": trafilatura_text,
-        "trafilatura balanced, no comments": partial(trafilatura_text, favor_precision=False),
-        "trafilatura favor_recall, no comments": partial(trafilatura_text, favor_precision=False, favor_recall=True),
-        "trafilatura library defaults": trafilatura_library_defaults,
+        "trafilatura standard, no comments (Sluice default)": trafilatura_text,
+        "trafilatura favor_precision, no comments": partial(trafilatura_text, favor_precision=True),
+        "trafilatura favor_recall, no comments": partial(trafilatura_text, favor_recall=True),
+        "trafilatura library defaults (with comments)": trafilatura_library_defaults,
     }
     try:
         get_extractor("resiliparse")

@@ -79,12 +79,21 @@ def run(
     _run_pipeline(cfg)
 
 
-def _run_pipeline(cfg: SluiceConfig) -> dict:
-    from flows.pipeline import pipeline_flow
-    from pipeline.runtime import start_ray
+def _start_ray(cfg: SluiceConfig) -> None:
+    """Start (or join) Ray once, before any flow runs: a missing auth token stops here, not in a stage."""
+    from pipeline.runtime import RayAuthError, start_ray
 
     try:
         start_ray(cfg.ray)
+    except RayAuthError as err:
+        _fail(str(err))
+
+
+def _run_pipeline(cfg: SluiceConfig) -> dict:
+    from flows.pipeline import pipeline_flow
+
+    _start_ray(cfg)
+    try:
         result = pipeline_flow(cfg)
     except (InputError, ConfigError, RunLocked, PlanError) as err:
         _fail(str(err))
@@ -140,6 +149,7 @@ def dedup(
                 quality={"langid": {"enabled": False}, "rules": {"enabled": False}})
     try:
         cfg = configure(cfg, threshold=threshold, num_perm=num_perm, ngram=ngram)
+        _start_ray(cfg)
         print_summary(curate(cfg))
     except (InputError, ValueError) as err:
         _fail(str(err))
@@ -156,6 +166,7 @@ def tokenize(
     from pipeline.runtime import start_ray
 
     cfg = _load(config)
+    _start_ray(cfg)
     try:
         start_ray(cfg.ray)
         shard_dir = tokenize_flow(cfg, str(run_dir), str(tokenizer) if tokenizer else None)
@@ -189,6 +200,7 @@ def train(config: Annotated[Path, typer.Argument(help="config with a `train:` se
     from flows.train import train_flow
 
     cfg = _load(config)
+    _start_ray(cfg)
     final = train_flow(cfg, str(shards or Path(cfg.out) / "shards"), cfg.out)
     for k, v in final.items():
         console.print(f"{k}: {v}")

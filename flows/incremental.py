@@ -20,6 +20,7 @@ from pipeline.config import SluiceConfig, load_config
 from pipeline.incremental import IncrementalState
 from pipeline.readers import expand_inputs
 from pipeline.rundir import RunDir, RunLocked
+from pipeline.runtime import start_ray
 from stages.tokenize import append_shards
 
 log = logging.getLogger("sluice")
@@ -38,6 +39,7 @@ def batch_config(cfg: SluiceConfig, batch_dir: Path, previous: Path | None) -> S
 def incremental_flow(config_path: str) -> dict:
     """One scheduled run: returns the batch's ledger summary, or {} when no input file is new."""
     cfg = load_config(config_path)
+    start_ray(cfg.ray)  # the flow's entry point in a scheduled run's own process
     root = Path(cfg.out)
     try:
         with RunDir(root).lock():

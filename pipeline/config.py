@@ -8,10 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -22,6 +22,22 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _safe_name(name: str) -> str:
+    """A name the code joins onto a folder (a run name, a source name) must stay one plain entry in it:
+    no separator or `..` to climb out, no NUL to cut the path short, no leading dot to hide it."""
+    if not name or len(name.encode()) > 255:
+        raise ValueError("a name must be 1 to 255 bytes long")
+    found = [what for what, hit in (("'/'", "/" in name), ("'\\'", "\\" in name), ("'..'", ".." in name),
+                                    ("NUL or another control character", any(ord(c) < 32 for c in name)),
+                                    ("a leading '.'", name.startswith("."))) if hit]
+    if found:
+        raise ValueError(f"unsafe name {name!r}: it becomes part of a path, so it may not have {', '.join(found)}")
+    return name
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+
+
 InputFormat = Literal["auto", "jsonl", "parquet", "csv", "tsv", "text", "warc", "wet"]
 
 
@@ -30,7 +46,7 @@ class InputSpec(Section):
 
     path: str
     format: InputFormat = "auto"
-    source: str | None = Field(None, description="source name; default: the file or folder name")
+    source: SafeName | None = Field(None, description="source name; default: the file or folder name")
     text_field: str = "text"
     id_field: str | None = "id"
     url_field: str | None = "url"
@@ -46,10 +62,15 @@ class InputSpec(Section):
 
 
 class RayConfig(Section):
+    """Where Ray runs. Token auth is always asked for (see pipeline/runtime.py); the token comes from
+    ~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH."""
+
     address: str | None = Field(None, description="join an existing cluster; RAY_ADDRESS also works")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for the embedded local cluster")
     dashboard: bool = True
     dashboard_port: int = Field(8265, ge=0, le=65535)
+    allow_unauthenticated: bool = Field(
+        False, description="accept Ray without token auth (RAY_AUTH_MODE=disabled, or a cluster with no token to send)")
 
 
 class IngestConfig(Section):
@@ -182,7 +203,7 @@ class TrainConfig(Section):
     eval_batches: int = Field(4, ge=1)
     val_fraction: float = Field(0.05, ge=0, lt=1, description="tail of the token stream held out for val_loss")
     max_failures: int = Field(1, ge=0)
-    run_name: str = Field("train", description="Ray Train run name; reusing it resumes that run")
+    run_name: SafeName = Field("train", description="Ray Train run name (a folder under RUN/train/ray); reusing it resumes that run")
     fault_at_step: int | None = Field(
         None, ge=1, description="chaos testing: the last worker kills its own process at this step, first attempt only")
 

@@ -1,8 +1,19 @@
-"""The Ray runtime: an embedded local cluster by default, an existing one via RAY_ADDRESS or `ray.address`."""
+"""The Ray runtime: an embedded local cluster by default, an existing one via RAY_ADDRESS or `ray.address`.
+
+Ray is started once per process, by flows/ (the CLI and each flow entry point); stages and the rest of
+pipeline/ assume it is up.
+
+Token auth is chosen and checked here rather than left to Ray's defaults, because Ray 2.60's defaults
+differ by path: `ray.init()` of a new local cluster turns token auth on, `ray start --head` turns it on
+only when a token already exists, and `ray.init(address=...)` never turns it on, so a driver pointed at
+an authenticated cluster retries for 30 s and ends in a misleading ConnectionError. Sluice asks for
+token auth on every path and fails at once, saying what to set, when it cannot have it.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import ray
@@ -14,6 +25,14 @@ log = logging.getLogger("sluice")
 
 PROJECT_PACKAGES = ("pipeline", "stages", "quality", "flows")
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+TOKEN_HELP = ("put the cluster's token in ~/.ray/auth_token (the file `ray start --head` read it from), "
+              "or set RAY_AUTH_TOKEN to the token, or RAY_AUTH_TOKEN_PATH to a file holding it")
+OPT_OUT = "set `ray.allow_unauthenticated: true` in the config to accept a cluster without token auth"
+
+
+class RayAuthError(RuntimeError):
+    """Ray's token auth cannot be set up as the config asks; the message says what to set."""
 
 
 def _runtime_env() -> dict:
@@ -22,15 +41,72 @@ def _runtime_env() -> dict:
     return {"py_modules": [str(root / p) for p in PROJECT_PACKAGES]}
 
 
+def token_available() -> bool:
+    """Whether Ray would find a token, looked up by Ray's own loader (RAY_AUTH_TOKEN, then
+    RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token) so the answer cannot drift from what Ray sends."""
+    from ray._raylet import AuthenticationTokenLoader  # no public API for this in Ray 2.60
+
+    loader = AuthenticationTokenLoader.instance()
+    loader.reset_cache()  # it caches its first answer, which may predate a token written since
+    return loader.has_token(ignore_auth_mode=True)
+
+
+def choose_auth_mode(cfg: RayConfig, remote: bool) -> str:
+    """'token' or 'disabled', for an embedded cluster (`remote=False`) or for joining one.
+
+    Token auth unless the user both turns it off (RAY_AUTH_MODE=disabled, or a remote cluster without a
+    token to send) and opts out in the config; an embedded cluster gets a fresh token from Ray if none exists.
+    """
+    requested = os.environ.get(AUTH_MODE_ENV, "token").strip().lower()
+    if requested not in ("token", "disabled"):
+        raise RayAuthError(f"{AUTH_MODE_ENV}={requested!r} is not a Ray auth mode: use 'token' or unset it")
+    if requested == "disabled":
+        if not cfg.allow_unauthenticated:
+            raise RayAuthError(f"{AUTH_MODE_ENV}=disabled turns Ray's token auth off, so anyone who can reach "
+                               f"the cluster's ports can run code on it: unset it, or {OPT_OUT}")
+        return "disabled"
+    if remote and not token_available():
+        if not cfg.allow_unauthenticated:
+            raise RayAuthError(f"no Ray auth token found to join the cluster: {TOKEN_HELP}; "
+                               f"or, for a cluster started without token auth, {OPT_OUT}")
+        log.warning("no Ray auth token found; joining the cluster without token auth (ray.allow_unauthenticated)")
+        return "disabled"
+    return "token"
+
+
+def _apply_auth_mode(mode: str) -> None:
+    """Set the mode for this process and the Ray processes it starts. Ray reads RAY_AUTH_MODE into a
+    process-wide config once, when it is imported, so that config is re-read after the change."""
+    from ray._raylet import Config  # what Ray's own `_enable_token_auth` does; no public API
+
+    os.environ[AUTH_MODE_ENV] = mode
+    Config.initialize("")
+
+
+def _check_auth_mode(mode: str) -> None:
+    """Verify Ray took the mode asked for, rather than trusting that setting it sufficed."""
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    if is_token_auth_enabled() != (mode == "token"):
+        raise RayAuthError(f"Ray's token auth is {'on' if is_token_auth_enabled() else 'off'}, "
+                           f"but Sluice asked for {mode!r}")
+
+
 def start_ray(cfg: RayConfig | None = None) -> str | None:
-    """Connect to (or start) Ray once per process; return the dashboard URL, if any."""
+    """Connect to (or start) Ray once per process; return the dashboard URL, if any.
+
+    Raises RayAuthError, before any connection attempt, when token auth cannot be had (see module doc).
+    """
     cfg = cfg or RayConfig()
     if ray.is_initialized():
         return dashboard_url()
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    remote = address not in (None, "local")
+    mode = choose_auth_mode(cfg, remote)
+    _apply_auth_mode(mode)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     common = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
-    if address:
+    if remote:
         ray.init(address=address, runtime_env=_runtime_env(), **common)
     else:
         ray.init(
@@ -41,6 +117,7 @@ def start_ray(cfg: RayConfig | None = None) -> str | None:
             dashboard_port=cfg.dashboard_port,
             **common,
         )
+    _check_auth_mode(mode)
     configure_data_context()
     url = dashboard_url()
     if url:
@@ -52,13 +129,17 @@ def configure_data_context() -> None:
     """Quiet, deterministic Ray Data defaults shared by every stage.
 
     Groupbys use the sort-based shuffle: Ray's default hash shuffle parks aggregator actors on the
-    CPUs, which on a small machine starves the very tasks that feed them.
+    CPUs, which on a small machine starves the very tasks that feed them. Ray Data's progress bars only
+    show in a terminal: without one it would log a progress line per operator every few seconds, and
+    `pipeline.progress.Progress` reports one line per stage instead. SLUICE_PROGRESS=0 hides them everywhere.
     """
     ctx = ray.data.DataContext.get_current()
     ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    ctx.enable_progress_bars = os.environ.get("SLUICE_PROGRESS", "1") == "1"
+    ctx.enable_progress_bars = sys.stdout.isatty() and os.environ.get("SLUICE_PROGRESS", "1") == "1"
     ctx.print_on_execution_start = False
     ctx.execution_options.preserve_order = True
+    # With the bars off, Ray Data says so once per process at WARNING; that is the choice made above.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def dashboard_url() -> str | None:

@@ -1,7 +1,8 @@
-"""HTML to main text. Default: trafilatura with `favor_precision` and no comments, the best token F1
-on the article-extraction benchmark (benchmarks/extraction_bench.py; boilerplate kept costs a
-pretraining corpus more than a sentence lost). resiliparse is about 3x faster with clearly lower
-precision; it is used when `ingest.html_extractor: resiliparse` and installed (the `bench` extra).
+"""HTML to main text. Default: trafilatura's standard settings (neither favor_precision nor favor_recall)
+without comments: favor_precision wins by 0.006 F1 on the one public set here and loses by 0.021 on a
+second one, so no variant wins on more than one set (docs/notes-runtime.md, benchmarks/extraction_bench.py).
+resiliparse is about 3x faster with clearly lower precision; it is used when
+`ingest.html_extractor: resiliparse` and installed (the `bench` extra).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pipeline.readers.base import InputError
 Extractor = Callable[[bytes, "str | None"], "str | None"]
 
 
-def trafilatura_text(html: bytes, url: str | None = None, favor_precision: bool = True,
+def trafilatura_text(html: bytes, url: str | None = None, favor_precision: bool = False,
                      favor_recall: bool = False) -> str | None:
     import trafilatura
 

@@ -294,14 +294,11 @@ def train(config: SluiceConfig, shard_dir: Path, run_dir: Path) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline.runtime import start_ray
-
     cfg = config.train
     out_dir = (Path(run_dir) / "train").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # Each ray.train.report waits for the controller's poll (2 s by default); poll faster.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    start_ray(config.ray)
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"train": cfg.model_dump(), "shard_dir": str(Path(shard_dir).resolve()),

@@ -86,11 +86,12 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def kill_recorded(refs: Iterable[ProcessRef], grace: float = 5) -> list[int]:
-    """Stop the recorded processes still alive and every process group one of them leads.
+    """Stop the recorded processes still alive, and the groups they are in when a recorded process leads it.
 
-    A group whose id is a recorded pid is ours even after its leader died: Linux never hands out a
-    pid that is still in use as a process group id. SIGTERM first, SIGKILL after `grace` seconds.
-    Returns the pids that were still alive.
+    A group catches what was started after the last record. It outlives its leader, and is still
+    ours then: Linux never hands out a pid that is in use as a process group id. A group led by
+    anything else (the shell's job that ran `sluice run`) is left alone. SIGTERM first, SIGKILL after
+    `grace` seconds. Returns the pids that were still alive.
     """
     refs = list(refs)
     alive = [p for p in (r.process() for r in refs) if p is not None]

@@ -34,7 +34,8 @@ from proctrack import Recorder, alive_after, listening
 from quality.report import chromium
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # ceilings for a loaded 2-core machine
+RUN_CEILING = 600  # seconds a scheduled run may take before the test gives up
 
 
 def wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str) -> None:
@@ -110,7 +111,7 @@ def served(tmp_path_factory):
     cfg_file.write_text(yaml.safe_dump(cfg))
     proc, recorder, stdout, stderr = start_serve(cfg_file, tmp_path, "serve")
     try:
-        wait_for(lambda: len(batches(root)) == 1, 300, proc, "the first scheduled run")
+        wait_for(lambda: len(batches(root)) == 1, RUN_CEILING, proc, "the first scheduled run")
         yield Served(proc, recorder, root, cfg_file, incoming, incoming / first.name, stdout, stderr)
     finally:
         kill_recorded(recorder.stop())
@@ -131,7 +132,7 @@ def page_text(url: str) -> str:
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
 
 
-def flow_runs(api_url: str, deployment_id: str) -> list[dict]:
+def completed_runs(api_url: str, deployment_id: str) -> list[dict]:
     request = urllib.request.Request(f"{api_url}/flow_runs/filter", method="POST",
                                      headers={"content-type": "application/json"},
                                      data=json.dumps({"flow_runs": {"deployment_id": {"any_": [deployment_id]},
@@ -150,9 +151,10 @@ def test_the_printed_ui_link_shows_the_deployment_its_schedule_and_a_run(served)
     text = page_text(page.group(1))
     assert "sluice-incremental" in text and "Every 5 seconds" in text, text[:2000]
     assert "Can't connect" not in text and "Oops" not in text
-    run = flow_runs(server.api_url, page.group(2))[-1]["name"]  # the scheduled run that made batch 1
-    runs_tab = page_text(page.group(1) + "?tab=Runs")
-    assert run in runs_tab, runs_tab[:2000]
+    wait_for(lambda: completed_runs(server.api_url, page.group(2)), 60, served.proc, "the first run's Completed state")
+    run = completed_runs(server.api_url, page.group(2))[0]  # the scheduled run that made batch 1
+    run_page = page_text(f"{server.ui_url}/runs/flow-run/{run['id']}")
+    assert run["name"] in run_page and "Completed" in run_page and "sluice-incremental" in run_page, run_page[:2000]
 
 
 def test_a_second_serve_on_the_same_root_is_refused(served):
@@ -171,7 +173,7 @@ def test_two_scheduled_runs_process_only_new_files(served, tmp_path):
     late = incoming / "late.jsonl.gz"
     records = [{"id": "late-copy", "text": near_copy(original["text"])}, {"id": "late-new", "text": fresh_article(tmp_path)}]
     late.write_bytes(gzip.compress("\n".join(json.dumps(r) for r in records).encode()))
-    wait_for(lambda: len(batches(root)) == 2, 300, served.proc, "a second run with the new file")
+    wait_for(lambda: len(batches(root)) == 2, RUN_CEILING, served.proc, "a second run with the new file")
     first_batch, second_batch = batches(root)
     assert first_batch["files"] == [str(served.first_file)]
     assert second_batch["files"] == [str(late)]  # the old file was not processed again
@@ -204,7 +206,7 @@ def test_a_restart_cleans_the_stale_lock_and_stops_on_sigterm(served, tmp_path):
     proc, recorder, stdout, stderr = start_serve(served.cfg_file, tmp_path, "restart")
     try:
         wait_for(lambda: (r := lock_record(served.root)) is not None and r.server is not None
-                 and r.serve.pid == proc.pid, 300, proc, "the restarted serve's server")
+                 and r.serve.pid == proc.pid, RUN_CEILING, proc, "the restarted serve's server")
         record = lock_record(served.root)
         said = " ".join((stdout.read_text() + stderr.read_text()).split())
         assert f"cleaned up the lock of a killed `sluice serve` (pid {stale.serve.pid})" in said, said[-3000:]

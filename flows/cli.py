@@ -76,6 +76,9 @@ def run(
     cfg = _load(config, inputs=inputs, out=out)
     if not cfg.inputs:
         _fail("no inputs: give a config with `inputs:` or at least one --input PATH")
+    from flows.processes import start_watchdog
+
+    start_watchdog()  # Prefect's ephemeral server and Ray's daemons go when this process goes, even by SIGKILL
     _run_pipeline(cfg)
 
 
@@ -225,12 +228,15 @@ def serve(
     name: Annotated[str, typer.Option(help="deployment name")] = "sluice-incremental",
 ) -> None:
     """Serve scheduled incremental runs: each curates only new input files, against all curated so far."""
-    from flows.serve import serve as serve_flow
+    from flows.serve import AlreadyServing, serve as serve_flow
 
     if (cron is None) == (interval is None):
         _fail("give exactly one of --cron or --interval")
     _load(config)  # a broken config stops here, not in every scheduled run
-    serve_flow(config, cron=cron, interval=interval, name=name)
+    try:
+        serve_flow(config, cron=cron, interval=interval, name=name)
+    except AlreadyServing as err:
+        _fail(str(err))
 
 
 quality_app = typer.Typer(help="Quality classifiers.", no_args_is_help=True)

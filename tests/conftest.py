@@ -1,6 +1,7 @@
 """Shared fixtures: one Ray cluster per session, one Prefect test harness, the shared real data."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -19,6 +20,30 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("SLUICE_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_prefect_or_ray_process_left():
+    """The suite leaves no Prefect server, Ray daemon or Sluice watchdog behind (issue 14).
+
+    Looks at this pytest's own descendants and at what tests recorded (tests/proctrack.py), never at
+    the rest of the machine; first set up, so torn down after every other session fixture.
+    """
+    import psutil
+
+    from flows.processes import ProcessRef, kill_recorded
+    from proctrack import RECORDED, alive_after
+
+    yield
+    ours = ("prefect", "uvicorn", "ray", "flows.")
+    mine = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any(word in " ".join(proc.cmdline()) for word in ours):
+                mine.append(ProcessRef(pid=proc.pid, create_time=proc.create_time()))
+    left = alive_after(mine + RECORDED, 60)
+    kill_recorded(mine + RECORDED)
+    assert not left, f"the test suite left these processes behind: {left}"
 
 
 @pytest.fixture(scope="session")

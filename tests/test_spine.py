@@ -1,7 +1,6 @@
-"""The spine without Ray: config validation, ledger algebra, clean, exact dedup, atomic run folders."""
+"""The spine without Ray: config validation, ledger algebra, clean, atomic run folders."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,7 +13,7 @@ from pipeline.ledger import LedgerMismatch, StageCount, StageResult, combine, re
 from pipeline.rundir import RunDir, safe_join
 from pipeline.schema import DOC_SCHEMA, REJECTED_SCHEMA
 from pipeline.summary import build_summary
-from stages import clean, exact_dedup
+from stages import clean
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,35 +112,6 @@ def test_clean_normalises_and_rejects_empty():
     out = clean.process(docs(["  Cafe\u0301\t\tau  lait\r\n\n\n\nfin\x07 ", "\u200b \n\t", "ok"]), CleanConfig())
     assert out.kept["text"].to_pylist() == ["Caf\u00e9 au lait\n\nfin", "ok"]
     assert out.rejected["id"].to_pylist() == ["d001"] and out.rejected["reason"].to_pylist() == ["empty"]
-
-
-# -- exact dedup --------------------------------------------------------------------------------
-
-def test_exact_dedup_keeps_smallest_source_and_id():
-    t = pa.concat_tables([docs(["same", "other", "same"], source="b"), docs(["same"], source="a")])
-    out = exact_dedup.dedup(t)
-    assert sorted(zip(out.kept["source"].to_pylist(), out.kept["id"].to_pylist())) == [("a", "d000"), ("b", "d001")]
-    assert set(out.rejected["duplicate_of"].to_pylist()) == {"d000"}
-    assert out.rejected["reason"].to_pylist() == ["exact_duplicate"] * 2
-
-
-def test_exact_dedup_against_an_earlier_index_rejects_only_old_texts():
-    seen = pa.table({"hash": exact_dedup.text_hashes(pa.array(["kept before", "other old"])),
-                     "source": ["old", "old"], "id": ["o1", "o2"]}, schema=exact_dedup.INDEX_SCHEMA)
-    out = exact_dedup.dedup(docs(["brand new", "kept before", "brand new"], source="a"), seen=seen)
-    assert out.kept["id"].to_pylist() == ["d000"]
-    assert dict(zip(out.rejected["id"].to_pylist(), out.rejected["duplicate_of"].to_pylist())) == {
-        "d001": "o1", "d002": "d000"}
-
-
-def test_exact_dedup_on_sms_spam_removes_exactly_the_repeated_copies(shared_data):
-    with open(shared_data / "sms-spam" / "SMSSpamCollection.tsv", encoding="utf-8", newline="") as fh:
-        texts = [row[1] for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)][1:]
-    repeated = len(texts) - len(set(texts))  # counted independently: 403 per the data's manifest
-    out = exact_dedup.dedup(docs(texts))
-    assert out.rejected.num_rows == repeated == 403
-    assert out.kept.num_rows == len(set(texts))
-    assert sorted(out.kept["text"].to_pylist()) == sorted(set(texts))
 
 
 # -- run directory ------------------------------------------------------------------------------

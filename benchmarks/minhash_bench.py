@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 
-from stages.minhash import MinHashParams, signatures  # noqa: E402
+from stages.dedup.minhash import MinHashParams, signatures  # noqa: E402
 
 FOLD = re.compile(r"[^\w\s]+|\s+")  # close to Sluice's punctuation/whitespace folding
 

@@ -195,15 +195,26 @@ class Earlier:
             root = (root / meta.parent).resolve() if meta.parent is not None else None
         return cls(folders, files)
 
-    def levels(self) -> list[tuple[int, list[str]]]:
-        return [(level, index_parts(folder)) for level, folder in enumerate(self.folders, 1)]
+    def parts(self) -> list[dict]:
+        """Every index part of the chain with its level."""
+        return [{"path": path, "level": level} for level, folder in enumerate(self.folders, 1)
+                for path in index_parts(folder)]
 
     def docs(self) -> pa.Table:
-        tables = [old_docs(pq.read_table(p, schema=INDEX_SCHEMA), level) for level, paths in self.levels() for p in paths]
-        return pa.concat_tables(tables) if tables else SKETCH_SCHEMA.empty_table()
+        return _read_old_docs(pa.Table.from_pylist(self.parts(), schema=PART_LIST_SCHEMA))
 
     def digest(self) -> str:
         return "+".join(content_digest(f) for f in self.folders)
+
+
+PART_LIST_SCHEMA = pa.schema([("path", pa.string()), ("level", pa.int64())])
+
+
+def _read_old_docs(part_list: pa.Table) -> pa.Table:
+    """The documents of the listed index parts (columns path, level)."""
+    tables = [old_docs(pq.read_table(path, schema=INDEX_SCHEMA), level)
+              for path, level in zip(part_list["path"].to_pylist(), part_list["level"].to_pylist())]
+    return pa.concat_tables(tables) if tables else SKETCH_SCHEMA.empty_table()
 
 
 # ---------------------------------------------------------------- Ray wiring
@@ -319,14 +330,11 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.
         rows = docs.map_batches(band_rows, fn_kwargs={"partitions": PARTITIONS}, batch_format="pyarrow")
         files = TextFiles()
         files.add_run(0, run_root, own)
-        if earlier is not None:
+        if earlier is not None and earlier.parts():
             files.paths.update(earlier.files.paths)
-            for level, paths in earlier.levels():
-                if paths:
-                    old = ray.data.read_parquet(paths, schema=INDEX_SCHEMA).map_batches(
-                        old_docs, fn_kwargs={"level": level}, batch_format="pyarrow")
-                    rows = rows.union(old.map_batches(band_rows, fn_kwargs={"partitions": PARTITIONS},
-                                                      batch_format="pyarrow"))
+            # listing the parts and reading them in a map: ray.data.read_parquet costs seconds per call
+            old = ray.data.from_items(earlier.parts()).map_batches(_read_old_docs, batch_format="pyarrow")
+            rows = rows.union(old.map_batches(band_rows, fn_kwargs={"partitions": PARTITIONS}, batch_format="pyarrow"))
         edges = by_partition(rows, PARTITIONS).map_groups(bucket_pairs, batch_format="pyarrow")
         if settings.verify:
             ends = edges.map_batches(_endpoints, fn_kwargs={"partitions": PARTITIONS}, batch_format="pyarrow")

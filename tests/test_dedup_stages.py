@@ -5,82 +5,19 @@ dataset whose rows point at real piece files (`_file`, `_row`) under a run root,
 """
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
+import csv
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dedup_support import edited, fates, rows_table, run_stage, web_texts, write_pieces
 
 from pipeline.config import FuzzyDedupConfig, parse_config
 from stages import duplicate_ids, exact_dedup, fuzzy_dedup
 from stages.dedup.jaccard import jaccard, shingle_sets
-from stages.dedup.keys import DECISION_SCHEMA
 from stages.dedup.lsh import collision_probability, lsh_params
 from stages.dedup.minhash import MinHashParams, signatures
-
-
-def web_texts(shared: Path, n: int, min_words: int = 300) -> list[str]:
-    texts = []
-    for path in sorted((shared / "cc-web-docs").glob("*.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            texts += [json.loads(line)["text"] for line in f if line.strip()]
-    return [t for t in texts if len(t.split()) > min_words][:n]
-
-
-def edited(text: str, seed: int, fraction: float = 0.01) -> str:
-    """The same text with a fraction of its words replaced."""
-    words = text.split()
-    rng = np.random.default_rng(seed)
-    for i in rng.choice(len(words), size=max(1, int(len(words) * fraction)), replace=False):
-        words[i] = f"edit{seed}x{i}"
-    return " ".join(words)
-
-
-def rows_table(docs: list[tuple[str, str, str]], piece_size: int = 2, quality: list[float | None] | None = None) -> pa.Table:
-    """(source, id, text) documents as the core hands them over, `piece_size` rows per piece."""
-    n = len(docs)
-    return pa.table({
-        "source": [d[0] for d in docs], "id": [d[1] for d in docs], "text": pa.array([d[2] for d in docs], pa.large_string()),
-        "quality_score": pa.array(quality or [None] * n, pa.float64()),
-        "origin": [f"{d[0]}.jsonl:{i + 1}" for i, d in enumerate(docs)],
-        "_piece": pa.array([i // piece_size for i in range(n)], pa.int32()),
-        "_row": pa.array([i % piece_size for i in range(n)], pa.int32()),
-    })
-
-
-def write_pieces(root: Path, rows: pa.Table) -> pa.Table:
-    """Write each piece's kept rows under RUN/pieces/ and add `_file`, as the core does."""
-    files = []
-    for piece in sorted(set(rows["_piece"].to_pylist())):
-        part = rows.filter(pa.compute.equal(rows["_piece"], piece))
-        path = root / "pieces" / f"piece-{piece:05d}" / "kept.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(part.select(["source", "id", "text"]), path)
-        files += [str(path)] * part.num_rows
-    return rows.append_column("_file", pa.array(files, pa.string()))
-
-
-def run_stage(ray, module, root: Path, rows: pa.Table, blocks: int = 3, **dedup) -> pa.Table:
-    """The stage's `build` on a Ray dataset of `blocks` blocks; its decisions sorted by row."""
-    cfg = parse_config({"out": str(root), "dedup": dedup})
-    workdir = root / "stages" / module.STAGE
-    workdir.mkdir(parents=True, exist_ok=True)
-    chunk = -(-rows.num_rows // blocks)
-    ds = ray.data.from_arrow([rows.slice(i, chunk) for i in range(0, rows.num_rows, chunk)])
-    out = [t for t in ray.get(module.build(cfg, workdir)(ds).to_arrow_refs()) if t.num_rows]
-    table = pa.concat_tables([t.cast(DECISION_SCHEMA) for t in out]) if out else DECISION_SCHEMA.empty_table()
-    return table.sort_by([("_piece", "ascending"), ("_row", "ascending")])
-
-
-def fates(decisions: pa.Table, rows: pa.Table) -> dict[tuple[str, str], str]:
-    """(source, id) -> reason for the rejected rows (first record of a repeated id wins the name)."""
-    where = {(p, r): (s, i) for s, i, p, r in zip(rows["source"].to_pylist(), rows["id"].to_pylist(),
-                                                   rows["_piece"].to_pylist(), rows["_row"].to_pylist())}
-    return {where[(p, r)]: reason for p, r, reason in zip(decisions["_piece"].to_pylist(), decisions["_row"].to_pylist(),
-                                                         decisions["reason"].to_pylist())}
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +48,25 @@ def test_exact_dedup_keys_on_source_and_id(ray_cluster, texts, tmp_path):
     assert pure.decisions["duplicate_of_source"].to_pylist() == ["a"]
     got = run_stage(ray_cluster, exact_dedup, tmp_path, write_pieces(tmp_path, rows))
     assert got.equals(pure.decisions)
+
+
+def test_exact_dedup_against_an_earlier_index_rejects_only_texts_it_kept():
+    old = exact_dedup.process(rows_table([("old", "o1", "kept before"), ("old", "o2", "other old")])).index
+    rows = rows_table([("a", "1", "brand new"), ("a", "2", "kept before"), ("a", "3", "brand new")])
+    out = exact_dedup.process(rows, seen=old)
+    assert fates(out.decisions, rows) == {("a", "2"): "exact_duplicate", ("a", "3"): "exact_duplicate"}
+    assert out.decisions.select(["duplicate_of", "duplicate_of_source"]).to_pylist() == [
+        {"duplicate_of": "o1", "duplicate_of_source": "old"}, {"duplicate_of": "1", "duplicate_of_source": "a"}]
+    assert sorted(out.index["id"].to_pylist()) == ["1", "o1", "o2"]
+
+
+def test_exact_dedup_on_sms_spam_rejects_exactly_the_repeated_copies(shared_data):
+    with open(shared_data / "sms-spam" / "SMSSpamCollection.tsv", encoding="utf-8", newline="") as fh:
+        texts = [row[1] for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)][1:]
+    repeated = len(texts) - len(set(texts))  # counted independently: 403 per the data's manifest
+    out = exact_dedup.process(rows_table([("sms", f"{i:05d}", t) for i, t in enumerate(texts)], piece_size=1000))
+    assert out.decisions.num_rows == repeated == 403
+    assert out.index.num_rows == len(set(texts))
 
 
 def test_duplicate_id_rejects_later_records_of_one_source_naming_the_first(ray_cluster, tmp_path):

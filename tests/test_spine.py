@@ -1,7 +1,6 @@
-"""The spine without Ray: config validation, ledger algebra, clean, exact dedup, atomic run folders."""
+"""The spine without Ray: config validation, ledger algebra, clean, atomic run folders."""
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pipeline.rundir import RunDir, RunLocked, atomic_dir, read_marker, safe_joi
 from pipeline.schema import DOC_SCHEMA, REJECTED_SCHEMA
 from pipeline.stage import PlanError
 from pipeline.summary import RunSummary, build_summary
-from stages import clean, exact_dedup
+from stages import clean
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,32 +121,6 @@ def test_clean_normalises_and_rejects_empty():
     out = clean.process(docs(["  Cafe\u0301\t\tau  lait\r\n\n\n\nfin\x07 ", "\u200b \n\t", "ok"]), CleanConfig())
     assert out.kept["text"].to_pylist() == ["Caf\u00e9 au lait\n\nfin", "ok"]
     assert out.rejected["id"].to_pylist() == ["d001"] and out.rejected["reason"].to_pylist() == ["empty"]
-
-
-# -- exact dedup --------------------------------------------------------------------------------
-
-def keyed(table: pa.Table) -> pa.Table:
-    """Rows as a shuffle stage receives them: with their place in the (single) piece."""
-    return table.append_column("_piece", pa.array([0] * table.num_rows, pa.int32())) \
-        .append_column("_row", pa.array(range(table.num_rows), pa.int32()))
-
-
-def test_exact_dedup_keeps_smallest_source_and_id():
-    t = pa.concat_tables([docs(["same", "other", "same"], source="b"), docs(["same"], source="a")])
-    out = exact_dedup.process(keyed(t)).decisions
-    assert sorted(out["_row"].to_pylist()) == [0, 2]  # both of source b's copies lose to (a, d000)
-    assert set(zip(out["duplicate_of_source"].to_pylist(), out["duplicate_of"].to_pylist())) == {("a", "d000")}
-    assert out["reason"].to_pylist() == ["exact_duplicate"] * 2
-
-
-def test_exact_dedup_on_sms_spam_removes_exactly_the_repeated_copies(shared_data):
-    with open(shared_data / "sms-spam" / "SMSSpamCollection.tsv", encoding="utf-8", newline="") as fh:
-        texts = [row[1] for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)][1:]
-    repeated = len(texts) - len(set(texts))  # counted independently: 403 per the data's manifest
-    out = exact_dedup.process(keyed(docs(texts))).decisions
-    assert out.num_rows == repeated == 403
-    survivors = set(range(len(texts))) - set(out["_row"].to_pylist())
-    assert sorted(texts[i] for i in survivors) == sorted(set(texts))
 
 
 # -- run directory ------------------------------------------------------------------------------

@@ -30,19 +30,28 @@ from stages.train.model import count_params, flops_per_token, grouped_mm_support
 VOCAB = 32_000
 
 
-def write_random_shards(out: Path, tokens: int, seed: int = 0) -> Path:
-    """Random-token documents of 1-4k tokens in real shard files (two: one train, one held out)."""
+def write_token_shards(out: Path, tokens: int, *, vocab: int = VOCAB, learnable: bool = False, seed: int = 0) -> Path:
+    """Documents of 1-4k token ids in real shard files (two: one train, one held out).
+
+    Random ids by default (throughput does not depend on the text); `learnable` makes each document
+    an arithmetic progression modulo the vocabulary, so the loss has something to fall towards.
+    """
     rng = np.random.default_rng(seed)
-    dtype = token_dtype(VOCAB)
+    dtype = token_dtype(vocab)
     lengths = rng.integers(1_000, 4_000, size=tokens // 2_500 + 2)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = rng.integers(0, VOCAB, size=int(offsets[-1]), dtype=dtype)
-    docs = pa.table({"doc_id": [f"r{i}" for i in range(len(lengths))], "source": ["random"] * len(lengths),
+    if learnable:
+        starts, strides = rng.integers(0, vocab, len(lengths)), rng.integers(1, 8, len(lengths))
+        position = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+        values = ((np.repeat(starts, lengths) + np.repeat(strides, lengths) * position) % vocab).astype(dtype)
+    else:
+        values = rng.integers(0, vocab, size=int(offsets[-1]), dtype=dtype)
+    docs = pa.table({"doc_id": [f"r{i}" for i in range(len(lengths))], "source": ["synthetic"] * len(lengths),
                      "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))})
     writer = ShardWriter(out, dtype, tokens_per_shard=int(offsets[-1]) * 9 // 10, version=1)
     writer.add(docs)
     entries = writer.close()
-    tokenizer = {"file": None, "sha256": None, "vocab_size": VOCAB, "eod_token": None, "eod_id": None,
+    tokenizer = {"file": None, "sha256": None, "vocab_size": vocab, "eod_token": None, "eod_id": None,
                  "trained": False}
     write_manifest(out, build_manifest(entries, version=1, fingerprint="bench", config_hash="bench",
                                        tokenizer=tokenizer, dtype=dtype))
@@ -96,7 +105,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
     tokens = (args.steps + 1) * args.batch_size * (args.seq_len + 1) * 2
     with tempfile.TemporaryDirectory() as tmp:
-        shard_dir = write_random_shards(Path(tmp), tokens)
+        shard_dir = write_token_shards(Path(tmp), tokens)
         results = []
         for impl in args.impl:
             cfg = TrainConfig(preset=args.preset, seq_len=args.seq_len, batch_size=args.batch_size,

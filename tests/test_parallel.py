@@ -1,8 +1,9 @@
 """Parallel strategies under Ray Train on CPU (gloo, 2 workers): they train the same model.
 
 `benchmarks/parallel_check.py` runs the comparison (single, FSDP2, expert parallel 2, gradient
-accumulation 2); these tests hold it, then kill a run and resume it from its sharded checkpoint, on the
-same worker count (bit-equal) and on another one (within the stated tolerance).
+accumulation 2; the one-worker runs in this process); these tests hold it, then kill a run and resume
+it from its sharded checkpoint, on the same worker count (bit-equal) and on another one (within the
+stated tolerance). Four Ray Train fits in all, one of them restarted.
 """
 from __future__ import annotations
 
@@ -22,13 +23,13 @@ def comparison(ray_cluster, tmp_path_factory) -> tuple[dict, object]:
 
 @pytest.mark.slow
 def test_every_strategy_reaches_the_same_losses(comparison):
-    """Within 1e-4 relative at each of 10 steps (measured ~2e-7); step 1, before any update differs,
-    is bit-equal across all four, and the loss falls, so the steps compared are real training."""
+    """Within 1e-4 relative at each of 10 steps (measured ~2e-7). Step 1, before any update, differs
+    only by the order of the loss average (<1e-6); the loss falls, so the steps compared are training."""
     result, _ = comparison
     runs = result["runs"]
     assert set(runs) == {"single", "fsdp2", "ep2", "accum2"} and all(len(r) == 10 for r in runs.values())
     assert result["max_rel_diff"] == max_rel_diff(runs) <= TOLERANCE
-    assert len({r[0] for r in runs.values()}) == 1
+    assert max_rel_diff({name: r[:1] for name, r in runs.items()}) < 1e-6
     assert runs["single"][-1] < runs["single"][0] - 0.2
 
 

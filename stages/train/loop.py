@@ -38,8 +38,8 @@ from pipeline.config import SluiceConfig, TrainConfig
 from pipeline.rundir import atomic_write_bytes, atomic_write_json
 from stages.train import checkpoint, data
 from stages.train.data import ShardLoader
-from stages.train.model import (ModelConfig, MoETransformer, count_params, flops_per_token, load_stats,
-                                peak_flops, preset, update_expert_bias)
+from stages.train.model import (ModelConfig, MoETransformer, RoutedExperts, count_params, flops_per_token,
+                                load_stats, peak_flops, preset, update_expert_bias)
 from stages.train.parallel import check_layout, parallelize, world_size
 
 
@@ -57,19 +57,19 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
-                   expert_params: list[nn.Parameter]) -> torch.optim.AdamW:
-    """AdamW; matrices (and stacked experts) decay, norm gains do not. Fused kernels on CUDA.
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; matrices and stacked experts decay, norm gains do not. Fused kernels on CUDA.
 
-    Expert-parallel slices get groups of their own: the multi-tensor kernels take one kind of tensor
-    (plain, or DTensor on one mesh) at a time.
+    The routed experts have a group of their own: under expert parallelism they are DTensor slices,
+    and the multi-tensor kernels take one kind of tensor at a time. Every strategy builds the same
+    three groups, so optimizer state moves between strategies in a checkpoint.
     """
-    experts = {id(p) for p in expert_params}
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in experts]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    if expert_params:
-        groups.append({"params": list(expert_params), "weight_decay": cfg.weight_decay})
+    experts = {id(p) for m in model.modules() if isinstance(m, RoutedExperts) for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    rest = [p for p in params if id(p) not in experts]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if id(p) in experts], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
 
 
@@ -83,7 +83,7 @@ class Trainer:
         check_layout(cfg, self.model_cfg)
         self.model = MoETransformer(self.model_cfg).to(device)
         self.parallel = parallelize(self.model, cfg, device, expert_dispatch=expert_dispatch)
-        self.optimizer = make_optimizer(self.model, cfg, device, self.parallel.expert_params)
+        self.optimizer = make_optimizer(self.model, cfg, device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.step = 0
         self.resumed_from: list[int] = []  # the steps this run restarted from, across failures

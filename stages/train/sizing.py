@@ -20,7 +20,7 @@ An estimate for planning, not a measurement. Its assumptions:
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from stages.train.model import PRESETS, ModelConfig, count_params
 
@@ -88,7 +88,7 @@ def table(seq_len: int = 2048, micro_batch: int = 8, vocab_size: int = 32_000) -
              "| preset | params total / active | devices | strategy | state GiB | transient GiB | activations GiB "
              "| total GiB | fits |", "|---|---|---:|---|---:|---:|---:|---:|---|"]
     for name, base in PRESETS.items():
-        cfg = ModelConfig(**{**base.__dict__, "vocab_size": vocab_size, "max_seq_len": seq_len})
+        cfg = replace(base, vocab_size=vocab_size, max_seq_len=seq_len)
         params = count_params(cfg)
         size = f"{params['total'] / 1e6:,.1f}M / {params['active'] / 1e6:,.1f}M"
         for devices, strategies in ((1, ("ddp",)), (8, STRATEGIES)):

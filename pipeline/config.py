@@ -178,7 +178,9 @@ class TrainConfig(Section):
     enabled: bool = False
     preset: Literal["tiny", "small", "base"] = "tiny"
     seq_len: int = Field(256, ge=8)
-    batch_size: int = Field(8, ge=1, description="sequences per worker per step")
+    batch_size: int = Field(8, ge=1, description="sequences per worker per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step: a global batch of "
+                            "batch_size x num_workers x grad_accum sequences")
     steps: int = Field(100, ge=1)
     lr: float = Field(3e-4, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
@@ -187,6 +189,10 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs per Train worker; leave room for anything else")
+    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state over the workers "
+                       "(FSDP2, per block) instead of replicating them (DDP)")
+    expert_parallel: int = Field(1, ge=1, description="ranks per expert group: each holds n_routed / this many "
+                                 "routed experts; must divide num_workers (the preset's n_routed is checked at launch)")
     use_gpu: bool = False
     compile: bool = False
     seed: int = 0
@@ -206,6 +212,12 @@ class TrainConfig(Section):
     run_name: SafeName = Field("train", description="Ray Train run name (a folder under RUN/train/ray); reusing it resumes that run")
     fault_at_step: int | None = Field(
         None, ge=1, description="chaos testing: the last worker kills its own process at this step, first attempt only")
+
+    @model_validator(mode="after")
+    def _expert_groups(self) -> "TrainConfig":
+        if self.num_workers % self.expert_parallel:
+            raise ValueError(f"expert_parallel={self.expert_parallel} must divide num_workers={self.num_workers}")
+        return self
 
 
 class OutputConfig(Section):

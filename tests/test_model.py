@@ -118,3 +118,14 @@ def test_same_seed_same_loss_curve(text_bytes):
     assert first == again
     assert first != other
     assert first[-1] < first[0] - 0.5  # and it learns: bytes of English fall fast from ln(256) = 5.5
+
+
+def test_grad_accumulation_matches_one_big_batch(text_bytes):
+    """The same 8 sequences a step, whole or as 2 micro-batches of 4: the same losses (within the
+    1e-4 relative tolerance of benchmarks/parallel_check.py; only fp32 summation order differs) and the
+    same expert-load statistics at step 1 (loads are counts, added over micro-batches)."""
+    data = batches(text_bytes, 6)
+    whole, whole_rows = run_steps(train_cfg(steps=6), data)
+    accum, accum_rows = run_steps(train_cfg(steps=6, batch_size=4, grad_accum=2), data)
+    assert max(abs(a - b) / b for a, b in zip(accum, whole)) < 1e-4
+    assert accum_rows[0]["load_cv"] == whole_rows[0]["load_cv"]

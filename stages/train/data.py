@@ -121,7 +121,8 @@ class ShardLoader:
             self.epoch, self.step = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
-        """Where the next batch comes from; rank-independent, so rank 0's state resumes every rank."""
+        """Where the next batch comes from; rank-independent, so rank 0's state resumes every rank, and
+        any world size with the same global batch."""
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "seq_len": self.seq_len,
                 "batch_size": self.batch_size, "world_size": self.world_size, "num_samples": self.num_samples,
                 "fingerprint": self.stream.manifest.fingerprint, "version": self.stream.manifest.version}
@@ -135,9 +136,13 @@ class ShardLoader:
         shards, so training continues from a checkpoint on the grown data.
         """
         mine = self.state_dict()
-        for key in ("seed", "seq_len", "batch_size", "world_size"):
+        for key in ("seed", "seq_len"):
             if state[key] != mine[key]:
                 raise ValueError(f"loader state does not match this loader: {key} {state[key]!r} != {mine[key]!r}")
+        # Steps count global batches, so another split of the same global batch resumes at the same step.
+        if state["batch_size"] * state["world_size"] != self.batch_size * self.world_size:
+            raise ValueError(f"loader state does not match this loader: global batch (batch_size x world_size) "
+                             f"{state['batch_size']} x {state['world_size']} != {self.batch_size} x {self.world_size}")
         if state["fingerprint"] != mine["fingerprint"]:
             if not self.stream.manifest.has_ancestor(state.get("version"), state["fingerprint"]):
                 raise ValueError(f"loader state belongs to other shards: manifest fingerprint {state['fingerprint']} "

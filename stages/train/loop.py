@@ -1,25 +1,28 @@
 """The MoE training job: a Ray Train (V2) `TorchTrainer` over Sluice token shards.
 
     train(config, shard_dir, run_dir)      driver: launches the workers, returns the final metrics
-      └─ worker_loop(args)                 one per Ray Train worker (a DDP rank)
+      └─ worker_loop(args)                 one per Ray Train worker (a rank)
            └─ Trainer                      Ray-free: model, AdamW, warmup+cosine, one step, eval
+                ├─ parallel.parallelize    DDP or FSDP2, expert parallelism
+                └─ checkpoint              sharded save/restore (torch distributed checkpoint)
 
 Outputs, under RUN/train/:
     metrics.jsonl      one row per optimizer step (rank 0), rewritten to the resumed step on restart
     ray/<run_name>/    Ray Train's checkpoints; reusing `train.run_name` resumes from the latest
-    model.pt           final weights (a plain state dict) and model_config.json
+    model.pt           final weights (a plain, whole state dict) and model_config.json
     final.json         the final metrics, also what `train()` returns
 
-Resuming is exact: a checkpoint holds model (expert biases included), optimizer, scheduler, step,
-and per rank the loader state and RNG states, so a run killed and resumed ends with the same
-parameters as one that never stopped.
+One optimizer step takes `grad_accum` micro-batches of `batch_size` sequences on each of `num_workers`
+ranks. Resuming is exact: a checkpoint holds model (expert biases included), optimizer, scheduler,
+step, the loader position and RNG states, so a run killed and resumed ends with the same parameters
+as one that never stopped; being sharded (DCP), it also resumes on another worker count or strategy
+as long as the global batch (batch_size x num_workers x grad_accum) is the same.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import random
 import signal
 import tempfile
 import time
@@ -30,16 +33,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import SluiceConfig, TrainConfig
 from pipeline.rundir import atomic_write_bytes, atomic_write_json
-from stages.train import data
+from stages.train import checkpoint, data
 from stages.train.data import ShardLoader
-from stages.train.model import (ModelConfig, MoETransformer, count_params, flops_per_token, load_stats,
-                                peak_flops, preset, update_expert_bias)
-
-TRAINER_STATE = "trainer.pt"
+from stages.train.model import (ModelConfig, MoETransformer, RoutedExperts, count_params, flops_per_token,
+                                load_stats, peak_flops, preset, update_expert_bias)
+from stages.train.parallel import check_layout, parallelize, world_size
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
@@ -57,100 +58,83 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; matrices (and stacked experts) decay, norm gains do not. Fused kernels on CUDA."""
+    """AdamW; matrices and stacked experts decay, norm gains do not. Fused kernels on CUDA.
+
+    The routed experts have a group of their own: under expert parallelism they are DTensor slices,
+    and the multi-tensor kernels take one kind of tensor at a time. Every strategy builds the same
+    three groups, so optimizer state moves between strategies in a checkpoint.
+    """
+    experts = {id(p) for m in model.modules() if isinstance(m, RoutedExperts) for p in m.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    rest = [p for p in params if id(p) not in experts]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if id(p) in experts], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Trainer:
     """One rank's training state and step, independent of Ray so it can be driven directly."""
 
-    def __init__(self, cfg: TrainConfig, vocab_size: int, device: torch.device):
-        self.cfg, self.device = cfg, device
-        torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
+    def __init__(self, cfg: TrainConfig, vocab_size: int, device: torch.device, *, expert_dispatch: bool = False):
+        self.cfg, self.device, self.world = cfg, device, world_size()
+        torch.manual_seed(cfg.seed)  # every rank builds the same initial weights, then keeps its part
         self.model_cfg = model_config(cfg, vocab_size)
+        check_layout(cfg, self.model_cfg)
         self.model = MoETransformer(self.model_cfg).to(device)
+        self.parallel = parallelize(self.model, cfg, device, expert_dispatch=expert_dispatch)
         self.optimizer = make_optimizer(self.model, cfg, device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.step = 0
         self.resumed_from: list[int] = []  # the steps this run restarted from, across failures
         self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-        forward = torch.compile(self.model) if cfg.compile else self.model
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # Buffers are not broadcast: expert biases move identically on every rank (global loads),
-            # and each rank's load counters must stay its own until they are summed.
-            forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
-                                              broadcast_buffers=False)
-        self.forward = forward
         self.flops_per_token = flops_per_token(self.model_cfg, cfg.seq_len)
         self.peak = peak_flops(device)
 
     def train_step(self, batch: tuple[Tensor, Tensor]) -> dict:
-        """One optimizer step on an (inputs, targets) pair of [B, seq_len] tokens; returns its metrics."""
+        """One optimizer step on this rank's (inputs, targets), [batch_size x grad_accum, seq_len] tokens
+        taken in `grad_accum` micro-batches; returns the step's metrics.
+
+        Each micro-batch backpropagates its mean loss / grad_accum, so the gradient is that of the mean
+        over the whole batch; expert loads simply add up until the one bias update after the step.
+        """
         t0 = time.perf_counter()
         inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
         self.model.train()
-        with torch.autocast(**self.autocast):
-            out = self.forward(inputs, targets)
-        out.loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        accum = self.cfg.grad_accum
+        lm_loss = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(zip(inputs.chunk(accum), targets.chunk(accum))):
+            with self.parallel.sync_grads(i == accum - 1):  # reduce gradients once, after the last
+                with torch.autocast(**self.autocast):
+                    out = self.parallel.forward(x, y)
+                (out.loss / accum).backward()
+            lm_loss += out.lm_loss.detach().float() / accum
+        self.parallel.finish_grads()
+        grad_norm = self.parallel.clip_grad_norm(self.cfg.grad_clip)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         loads = update_expert_bias(self.model, self.cfg.bias_update_rate if self.cfg.balance else 0.0)
-        loss = mean_across_ranks(out.lm_loss.detach().float())  # .item() syncs: the step is done
+        loss = mean_across_ranks(lm_loss)  # .item() syncs: the step is done
         self.step += 1
         dt = time.perf_counter() - t0
-        tokens = inputs.numel() * world_size()
-        tokens_per_s = tokens / dt
-        mfu = tokens_per_s / world_size() * self.flops_per_token / self.peak if self.peak else None
-        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": float(grad_norm), "step_s": dt,
+        tokens_per_s = inputs.numel() * self.world / dt
+        mfu = tokens_per_s / self.world * self.flops_per_token / self.peak if self.peak else None
+        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "step_s": dt,
                 "tokens_per_s": tokens_per_s, "mfu": mfu, **load_stats(loads)}
 
     @torch.no_grad()
     def evaluate(self, batches) -> float:
-        """Mean cross-entropy over the given batches, averaged across ranks."""
+        """Mean cross-entropy over the given batches (in micro-batches), averaged across ranks."""
         self.model.eval()
-        total, n = torch.zeros((), device=self.device), 0
+        losses = []
         for inputs, targets in batches:
-            with torch.autocast(**self.autocast):
-                total += self.model(inputs.to(self.device), targets.to(self.device)).lm_loss.float()
-            n += 1
+            for x, y in zip(inputs.chunk(self.cfg.grad_accum), targets.chunk(self.cfg.grad_accum)):
+                with torch.autocast(**self.autocast):
+                    losses.append(self.model(x.to(self.device), y.to(self.device)).lm_loss.float())
         self.model.train()
-        return mean_across_ranks(total / max(n, 1))
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "step": self.step,
-                "resumed_from": self.resumed_from, "model_config": asdict(self.model_cfg)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = state["step"]
-        self.resumed_from = [*state["resumed_from"], self.step]
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        return mean_across_ranks(torch.stack(losses).mean() if losses else torch.zeros((), device=self.device))
 
 
 def mean_across_ranks(x: Tensor) -> float:
@@ -159,14 +143,6 @@ def mean_across_ranks(x: Tensor) -> float:
         dist.all_reduce(x)
         x /= world_size()
     return float(x)
-
-
-def save_torch(obj, path: Path) -> None:
-    """torch.save through a temporary file, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class MetricsLog:
@@ -214,13 +190,11 @@ def worker_loop(args: dict) -> None:
 
     train_data, val_data, vocab_size = open_loaders(shard_dir, cfg, rank, world)
     trainer = Trainer(cfg, vocab_size, device)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            trainer.load_state_dict(torch.load(Path(d) / TRAINER_STATE, map_location=device, weights_only=True))
-            rank_state = torch.load(Path(d) / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
-        train_data.load_state_dict(rank_state["loader"], on_new_version="next_epoch")  # appended shards
-        set_rng_state(rank_state["rng"])
+    saved = ray.train.get_checkpoint()
+    if saved is not None:
+        with saved.as_directory() as d:
+            loader_state = checkpoint.load(Path(d), trainer, rank)
+        train_data.load_state_dict(loader_state, on_new_version="next_epoch")  # appended shards
     log = MetricsLog(out_dir / "metrics.jsonl", trainer.step) if rank == 0 else None
 
     batches = iter(train_data)
@@ -243,14 +217,13 @@ def worker_loop(args: dict) -> None:
         summary = report_summary(row)
         if trainer.step % cfg.checkpoint_every == 0 or last:
             with tempfile.TemporaryDirectory() as d:
-                if rank == 0:
-                    save_torch(trainer.state_dict(), Path(d) / TRAINER_STATE)
-                save_torch({"loader": train_data.state_dict(), "rng": rng_state()}, Path(d) / f"rank-{rank}.pt")
+                checkpoint.save(Path(d), trainer, train_data.state_dict(), rank)
                 ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(d))
         elif trainer.step % cfg.report_every == 0:
             ray.train.report(summary)
+    weights = checkpoint.full_model_state(trainer)  # collective: every rank gives its shards
     if rank == 0:
-        write_final(out_dir, trainer)
+        write_final(out_dir, trainer, weights)
 
 
 def report_summary(row: dict) -> dict:
@@ -261,9 +234,9 @@ def report_summary(row: dict) -> dict:
     return out
 
 
-def write_final(out_dir: Path, trainer: Trainer) -> None:
+def write_final(out_dir: Path, trainer: Trainer, weights: dict) -> None:
     """Final weights (a plain state dict, loadable with weights_only=True) and final metrics."""
-    save_torch(trainer.model.state_dict(), out_dir / "model.pt")
+    checkpoint.save_torch(weights, out_dir / "model.pt")
     atomic_write_json(out_dir / "model_config.json", asdict(trainer.model_cfg))
     rows = read_metrics(out_dir / "metrics.jsonl")
     steady = rows[min(len(rows) - 1, 2):]  # the first steps pay for warm-up, not training
@@ -295,6 +268,7 @@ def train(config: SluiceConfig, shard_dir: Path, run_dir: Path) -> dict:
     from ray.train.torch import TorchTrainer
 
     cfg = config.train
+    check_layout(cfg, model_config(cfg, vocab_size=2))  # before any worker starts
     out_dir = (Path(run_dir) / "train").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # Each ray.train.report waits for the controller's poll (2 s by default); poll faster.
@@ -317,9 +291,10 @@ def train(config: SluiceConfig, shard_dir: Path, run_dir: Path) -> dict:
 
 
 def open_loaders(shard_dir: Path, cfg: TrainConfig, rank: int, world: int) -> tuple[ShardLoader, ShardLoader | None, int]:
-    """This rank's training loader, its held-out loader (None when the held-out tail fills no
-    batch), and the vocabulary size recorded in the manifest."""
-    train_data, val_data = data.open_loaders(shard_dir, cfg.seq_len, cfg.batch_size, rank=rank, world_size=world,
+    """This rank's training loader (whole steps: batch_size x grad_accum sequences), its held-out
+    loader (None when the held-out tail fills no batch), and the vocabulary size in the manifest."""
+    batch = cfg.batch_size * cfg.grad_accum
+    train_data, val_data = data.open_loaders(shard_dir, cfg.seq_len, batch, rank=rank, world_size=world,
                                              seed=cfg.seed, val_fraction=cfg.val_fraction)
     vocab_size = train_data.stream.manifest.tokenizer.vocab_size
     return train_data, (val_data if len(val_data) else None), vocab_size

@@ -74,10 +74,11 @@ PRESETS: dict[str, ModelConfig] = {
     # ~100M total at a 32k vocabulary, ~40M active.
     "small": ModelConfig(n_layers=8, d_model=512, n_heads=8, n_dense_layers=1, d_ff=2048, d_expert=256,
                          n_shared=1, n_routed=24, top_k=4),
-    # About DeepSeekMoE-2B: 9 layers, d_model 1280, 10 heads of 128, 1 shared + 63 routed experts of a
-    # quarter FFN each, top-7; ~1.9B total and ~0.3B active at a 32k vocabulary.
+    # About DeepSeekMoE-2B: 9 layers, d_model 1280, 10 heads of 128, 1 shared + 64 routed experts of a
+    # quarter FFN each, top-7; ~1.9B total and ~0.3B active at a 32k vocabulary. (DeepSeekMoE-2B has 63
+    # routed experts; 64 splits evenly over 2, 4 or 8 expert-parallel ranks.)
     "base": ModelConfig(n_layers=9, d_model=1280, n_heads=10, n_dense_layers=1, d_ff=5120, d_expert=896,
-                        n_shared=1, n_routed=63, top_k=7),
+                        n_shared=1, n_routed=64, top_k=7),
 }
 
 
@@ -242,13 +243,17 @@ class RoutedExperts(nn.Module):
 
     def forward(self, x: Tensor, counts: Tensor) -> Tensor:
         """x: [M, d] rows grouped by expert, `counts[e]` rows for expert e, in expert order."""
+        return self.compute(x, counts, self.w_gate, self.w_up, self.w_down)
+
+    def compute(self, x: Tensor, counts: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+        """The experts whose stacked weights are given, on their rows. Apart from `forward` so that
+        expert parallelism (stages/train/parallel.py) can run it on a rank's own slice of experts."""
         dtype = compute_dtype(x)
         impl = self.impl
         if impl == "auto":
-            ok = grouped_mm_supported(x.device, dtype, self.w_gate.shape[1], self.w_gate.shape[2])
-            impl = "grouped" if ok else "loop"
+            impl = "grouped" if grouped_mm_supported(x.device, dtype, w_gate.shape[1], w_gate.shape[2]) else "loop"
         fn = self.grouped if impl == "grouped" else self.loop
-        return fn(x.to(dtype), counts, self.w_gate.to(dtype), self.w_up.to(dtype), self.w_down.to(dtype))
+        return fn(x.to(dtype), counts, w_gate.to(dtype), w_up.to(dtype), w_down.to(dtype))
 
     @staticmethod
     def grouped(x: Tensor, counts: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:

@@ -45,9 +45,9 @@ def main() -> None:
             model = Path(tmp) / "quality.bin"
             positive = [p for p in read_documents(args.data / "wikitext-2" / "valid.txt") if not p.startswith("=")]
             metrics = train_texts(positive, spam(args.data), model)
-            print(f"held-out: precision {metrics['precision']:.3f} recall {metrics['recall']:.3f} "
-                  f"F1 {metrics['f1']:.3f} ROC AUC {metrics['roc_auc']:.4f} "
-                  f"({metrics['test']['positive']} + {metrics['test']['negative']} docs)")
+            print(f"held-out: precision {metrics.precision:.3f} recall {metrics.recall:.3f} "
+                  f"F1 {metrics.f1:.3f} ROC AUC {metrics.roc_auc:.4f} "
+                  f"({metrics.test['positive']} + {metrics.test['negative']} docs)")
         docs = documents(args.data, args.docs, args.chars)
         score(docs[:10], model)  # load the model outside the timed part
         start = time.perf_counter()

@@ -253,8 +253,25 @@ def quality_train(
     from quality.classifier import train_classifier
 
     metrics = train_classifier(positive, negative, out)
-    for k, v in metrics.items():
+    for k, v in metrics.model_dump().items():
         console.print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+
+
+@quality_app.command("train-default")
+def quality_train_default(
+    data: Annotated[Path, typer.Option(help="the shared real-data folder")] = Path("../shared/data"),
+    out: Annotated[Path, typer.Option(help="model path; MODEL_CARD.md and sidecars go beside it")] =
+        Path("quality/models/sluice-quality-en.ftz"),
+) -> None:
+    """Rebuild the shipped classifier from ../shared/data; print held-out precision, recall, F1, ROC AUC."""
+    from quality.default_model import train_default
+
+    result = train_default(data, out)
+    m = result["metrics"]
+    console.print(f"held-out: precision {m['precision']:.4f} recall {m['recall']:.4f} F1 {m['f1']:.4f} "
+                  f"ROC AUC {m['roc_auc']:.4f} (test {m['test']}); at 0.8: {m['at_threshold']}")
+    console.print(f"keeps at 0.8: {result['keep']}")
+    console.print(f"wrote {out} and {out.with_name('MODEL_CARD.md')}")
 
 
 if __name__ == "__main__":

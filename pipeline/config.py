@@ -142,10 +142,11 @@ class RulesConfig(Section):
 
 
 class ClassifierConfig(Section):
-    enabled: bool = False
-    model: str | None = None
+    enabled: bool = True
+    model: str | None = Field(None, description="fastText model; default: the shipped quality/models/sluice-quality-en.ftz")
     label: str = "__label__hq"
-    threshold: float = Field(0.8, ge=0.0, le=1.0)
+    threshold: float = Field(0.8, ge=0.0, le=1.0, description="calibrated probability of `label` to keep a document")
+    languages: list[str] | None = Field(["en"], description="score documents of these `lang`s; others pass unscored; null: all")
 
 
 class QualityConfig(Section):

@@ -9,11 +9,13 @@ counted, so a run's ledger can be checked against `CorpusInfo`.
 
 Layout under OUT_DIR (`n_docs` records in all; the same seed gives byte-identical files):
 
-    web/part-0000.jsonl.gz, web/part-0001.jsonl.gz   id, text, url, date, domain  (+ malformed lines)
-    forum/posts.parquet                               post_id (int64), body, url, author
+    web/part-0000.jsonl.gz, web/part-0001.jsonl.gz   id, text, url, date, domain, label  (+ malformed lines)
+    forum/posts.parquet                               post_id (int64), body, url, author, label
     crawl/crawl.warc.gz                               HTML responses, one empty response, one revisit
     truth.json                                        the CorpusInfo, paths relative to OUT_DIR
 
+Every record that can carry one has a `label` field (`LABELS`: clean, duplicate, boilerplate, spam,
+junk) saying how it was made; readers put it into `meta`, so the report can score removal per label.
 Ids in the ground truth are the records' own ids as strings: `web-000123`, `100123` for forum posts,
 and for crawl pages the WARC-Record-ID (`<urn:uuid:...>`; the WARC reader derives the document id
 from path and offset and keeps this one as `meta.warc_record_id`).
@@ -164,6 +166,11 @@ SPAM_PRODUCTS = """replica watches|cheap pills|casino bonus|payday loans|crypto 
 SHORT_JUNK = """Page not found.|404 Not Found|Loading...|Comments are closed.|Read more|Share this:
 |Thank you for subscribing!|Error: access denied|Click to continue|Untitled|Coming soon|Test post please ignore
 |Continue reading|No results found.""".replace("\n", "").split("|")
+
+# How each kind of record was made, as the report's per-label removal precision/recall reads it
+# (`meta.label`); the curation benchmark uses the same vocabulary.
+LABELS = {"article": "clean", "bad_bytes": "clean", "exact_dup": "duplicate", "near_dup": "duplicate",
+          "boilerplate": "boilerplate", "spam": "spam", "short": "junk", "empty": "junk", "malformed": "junk"}
 
 INSERT_WORDS = ADVERBS + ["also", "still", "now", "then", "really", "just", "often"]
 
@@ -384,7 +391,8 @@ def near_duplicate(rng: random.Random, text: str) -> str:
 def cp1252_line(doc: Doc) -> bytes:
     """A JSON line written in cp1252 inside a UTF-8 file: what a mis-encoded upstream dump looks like."""
     text = doc.text + "\n\nThe café on the corner served a crème brûlée, and the naïve critic liked it."
-    return (json.dumps({"id": doc.pid, "text": text, "url": doc.url}, ensure_ascii=False) + "\n").encode("cp1252")
+    record = {"id": doc.pid, "text": text, "url": doc.url, "label": LABELS[doc.kind]}
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("cp1252")
 
 
 class Generator:
@@ -488,7 +496,8 @@ def build_flat_docs(g: Generator, counts: dict[str, int]) -> tuple[list[Doc], li
 
 
 def jsonl_record(doc: Doc) -> bytes:
-    rec = {"id": doc.pid, "text": doc.text, "url": doc.url, "date": doc.date, "domain": doc.domain}
+    rec = {"id": doc.pid, "text": doc.text, "url": doc.url, "date": doc.date, "domain": doc.domain,
+           "label": LABELS[doc.kind]}
     return (json.dumps(rec, ensure_ascii=False) + "\n").encode()
 
 
@@ -505,6 +514,7 @@ def forum_table(docs: list[Doc]) -> pa.Table:
         "body": [d.text for d in docs],
         "url": [d.url.replace(f"https://{d.domain}/", f"https://forum.{d.domain}/t/") for d in docs],
         "author": [d.author for d in docs],
+        "label": [LABELS[d.kind] for d in docs],
     })
 
 
@@ -571,9 +581,10 @@ def special_lines(g: Generator) -> tuple[Doc, dict[str, str], list[bytes]]:
     kinds = {empty: "empty", truncated: "malformed", no_text: "malformed"}
     return bad_bytes, kinds, [
         cp1252_line(bad_bytes),
-        json.dumps({"id": empty, "text": "", "url": None}).encode() + b"\n",
+        json.dumps({"id": empty, "text": "", "url": None, "label": LABELS["empty"]}).encode() + b"\n",
         f'{{"id": "{truncated}", "text": "The report on the new plan was'.encode() + b"\n",
-        json.dumps({"id": no_text, "url": "https://example.org/x", "title": "No body"}).encode() + b"\n",
+        json.dumps({"id": no_text, "url": "https://example.org/x", "title": "No body",
+                    "label": LABELS["malformed"]}).encode() + b"\n",
     ]
 
 
@@ -638,6 +649,25 @@ def generate_corpus(out_dir: Path, n_docs: int = 3000, seed: int = 0) -> CorpusI
     )
     atomic_write_json(out_dir / "truth.json", info.to_dict())
     return info
+
+
+def labelled_documents(out_dir: Path, n_docs: int = 3000, seed: int = 0) -> list[dict]:
+    """Generate the corpus under `out_dir` and return its JSONL and Parquet documents as
+    {id, text, label, lang}, read back from the files (the WARC pages carry no label)."""
+    info = generate_corpus(out_dir, n_docs, seed)
+    docs = []
+    for part in sorted((info.root / "web").glob("*.jsonl.gz")):
+        for line in gzip.decompress(part.read_bytes()).splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # the truncated and the cp1252 lines
+                continue
+            if rec.get("text"):
+                docs.append({"id": rec["id"], "text": rec["text"], "label": rec["label"]})
+    forum = pq.read_table(info.root / "forum" / "posts.parquet")
+    docs += [{"id": str(i), "text": t, "label": lab} for i, t, lab in
+             zip(forum["post_id"].to_pylist(), forum["body"].to_pylist(), forum["label"].to_pylist())]
+    return [{**d, "lang": info.langs.get(d["id"], "en")} for d in docs]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,12 +10,9 @@ from __future__ import annotations
 import html
 import io
 import json
-import re
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -23,12 +20,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.rundir import atomic_write_bytes, safe_join
+from pipeline.summary import load_summary
 
 KEPT_COLOR, REJECTED_COLOR, ACCENT = "#2a9d8f", "#e76f51", "#264653"
 SAMPLES_PER_REASON = 3
 SAMPLE_CHARS = 600
 TOP_LANGUAGES = 15
 TOP_REASONS = 25
+CLEAN_LABEL = "clean"  # the label of documents made to be kept (pipeline/democorpus.py LABELS)
+DEFAULT_KEEP = "first"  # dedup's keeper policy when the run does not record one
 WHY_SVG = ("Figures are matplotlib charts embedded as inline SVG: static vector images need no "
            "JavaScript, CDN or network access, stay sharp at any zoom, and keep this report one "
            "self-contained file that opens offline.")
@@ -39,22 +39,31 @@ class RunData:
     """What the report reads from a run directory."""
 
     root: Path
-    summary: dict
-    kept: pl.DataFrame  # length, lang?, quality_score?
-    rejected: pl.DataFrame  # id, source, stage, reason, detail, duplicate_of, cluster_id, length
+    summary: SimpleNamespace  # RunSummary's fields: inputs, kept, rejected, rejected_by_reason, stages
+    kept: pl.DataFrame  # length, lang, lang_score, quality_score, label (null where absent)
+    rejected: pl.DataFrame  # id, source, stage, reason, detail, duplicate_of, cluster_id, + the kept columns
     shard_tokens: list[tuple[str, int]]
+    keep_policy: str
+
+
+# Typed annotation columns carried on kept and rejected rows (null where the stage did not run).
+ANNOTATIONS = {"lang": pl.String, "lang_score": pl.Float64, "quality_score": pl.Float64}
+LEDGER = {c: pl.String for c in ("id", "source", "stage", "reason", "detail", "duplicate_of", "cluster_id")}
 
 
 def _read(folder: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
-    """These columns of a folder's Parquet files (null where a file lacks one) plus each text's
-    `length`; texts themselves are not loaded, so a large run's documents never sit in memory at once."""
-    schema = {**columns, "length": pl.Int64}
+    """These columns of a folder's Parquet files (null where a file lacks one), each text's `length`
+    and the input's `label` (meta.label, as the demo corpus and the curation benchmark write it);
+    texts themselves are not loaded, so a large run's documents never sit in memory at once."""
+    schema = {**columns, "length": pl.Int64, "label": pl.String}
     frames = []
     for f in sorted(folder.glob("*.parquet")):
         present = pl.read_parquet_schema(f)
         cols = [pl.col(c).cast(t) if c in present else pl.lit(None, t).alias(c) for c, t in columns.items()]
         cols.append(pl.col("text").str.len_chars().cast(pl.Int64).alias("length") if "text" in present
                     else pl.lit(None, pl.Int64).alias("length"))
+        cols.append(pl.col("meta").str.json_path_match("$.label").alias("label") if "meta" in present
+                    else pl.lit(None, pl.String).alias("label"))
         frames.append(pl.scan_parquet(f).select(cols).collect())
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
@@ -68,27 +77,52 @@ def _texts(folder: Path, ids: list[str]) -> dict[str, str]:
 
 
 def _shard_tokens(run: Path) -> list[tuple[str, int]]:
+    """(file name, tokens) per shard of the run's manifest.
+
+    Until pipeline/manifest.py lands, this reads manifest.json's entries as dicts; then the loop
+    reads `read_manifest(run / "shards").shards` and `entry.file` / `entry.tokens`."""
     manifest = run / "shards" / "manifest.json"
     if not manifest.is_file():
         return []
-    shards = json.loads(manifest.read_text()).get("shards", [])
     out = []
-    for i, s in enumerate(shards):
-        name = s.get("path") or s.get("name") or f"shard {i}"
-        safe_join(run / "shards", str(name))  # a manifest path must stay inside the run
-        out.append((Path(str(name)).name, int(s.get("tokens", 0))))
+    for entry in json.loads(manifest.read_text())["shards"]:
+        safe_join(run / "shards", entry["file"])  # a manifest path must stay inside the run
+        out.append((Path(entry["file"]).name, int(entry["tokens"])))
     return out
+
+
+def keep_policy(run: Path) -> str:
+    """dedup's keeper policy (`dedup.keep`) as the run recorded its config, else "first"."""
+    for name in ("run_info.json", "summary.json"):
+        path = run / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            keep = (data.get("config", {}).get("dedup", {}) or {}).get("keep") or data.get("dedup_keep")
+            if keep:
+                return str(keep)
+    return DEFAULT_KEEP
+
+
+def read_summary(run: Path) -> SimpleNamespace:
+    """summary.json with the attribute names of `pipeline.summary.RunSummary` (stages as StageCount:
+    stage, inputs, kept, rejected, rejected_by_reason). Once `load_summary` returns that model, this
+    body becomes `return load_summary(run)`."""
+    d = load_summary(run)
+    stages = [SimpleNamespace(stage=s["stage"], inputs=s["in"], kept=s["kept"], rejected=s["rejected"],
+                              rejected_by_reason=s["rejected_by_reason"]) for s in d["stages"]]
+    return SimpleNamespace(inputs=d["inputs"], kept=d["kept"], rejected=d["rejected"],
+                           rejected_by_reason=d["rejected_by_reason"], reconciled=d["reconciled"], stages=stages)
 
 
 def load_run(run_dir: str | Path) -> RunData:
     run = Path(run_dir)
-    summary_file = run / "summary.json"
-    if not summary_file.is_file():
-        raise FileNotFoundError(f"{summary_file} not found: is {run} a finished curate run?")
-    kept = _read(run / "kept", {"lang": pl.String, "quality_score": pl.Float64})
-    rejected = _read(run / "rejected", {c: pl.String for c in ("id", "source", "stage", "reason", "detail",
-                                                                "duplicate_of", "cluster_id")})
-    return RunData(run, json.loads(summary_file.read_text()), kept, rejected, _shard_tokens(run))
+    try:
+        summary = read_summary(run)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run / 'summary.json'} not found: is {run} a finished curate run?") from None
+    kept = _read(run / "kept", ANNOTATIONS)
+    rejected = _read(run / "rejected", {**LEDGER, **ANNOTATIONS})
+    return RunData(run, summary, kept, rejected, _shard_tokens(run), keep_policy(run))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,9 +159,9 @@ def _hbar(labels: list[str], values: list[int], title: str, color: str, salt: st
     return _svg(fig, salt)
 
 
-def funnel_figure(summary: dict) -> str:
-    labels = ["inputs"] + [s["stage"] for s in summary["stages"]]
-    values = [summary["inputs"]] + [s["kept"] for s in summary["stages"]]
+def funnel_figure(summary: SimpleNamespace) -> str:
+    labels = ["inputs"] + [s.stage for s in summary.stages]
+    values = [summary.inputs] + [s.kept for s in summary.stages]
     return _hbar(labels, values, "Documents left after each stage", ACCENT, "funnel")
 
 
@@ -198,14 +232,10 @@ def shards_figure(shards: list[tuple[str, int]]) -> str:
 # data for the sections
 
 
-def rejection_counts(summary: dict) -> list[tuple[str, int]]:
+def rejection_counts(summary: SimpleNamespace) -> list[tuple[str, int]]:
     """`stage: reason` and count, largest first (ties by name, so the order is stable)."""
-    rows = [(f"{s['stage']}: {reason}", n) for s in summary["stages"] for reason, n in s["rejected_by_reason"].items()]
+    rows = [(f"{s.stage}: {reason}", n) for s in summary.stages for reason, n in s.rejected_by_reason.items()]
     return sorted(rows, key=lambda r: (-r[1], r[0]))
-
-
-def _detail_number(detail: pl.Expr, key: str) -> pl.Expr:
-    return detail.str.extract(rf"{key}=([-0-9.eE]+)").cast(pl.Float64, strict=False)
 
 
 def _value_counts(values: pl.Series) -> dict[str, int]:
@@ -216,10 +246,44 @@ def _value_counts(values: pl.Series) -> dict[str, int]:
 def language_counts(data: RunData) -> list[tuple[str, int, int]]:
     """(language, kept, rejected by language ID) for the most frequent languages."""
     kept = _value_counts(data.kept["lang"])
-    by_langid = data.rejected.filter(pl.col("reason") == "language")
-    rejected = _value_counts(by_langid["detail"].str.extract(r"lang=(\S+)").alias("lang"))
+    rejected = _value_counts(data.rejected.filter(pl.col("reason") == "language")["lang"])
     langs = sorted(kept.keys() | rejected.keys(), key=lambda x: (-(kept.get(x, 0) + rejected.get(x, 0)), x))
     return [(x, kept.get(x, 0), rejected.get(x, 0)) for x in langs[:TOP_LANGUAGES]]
+
+
+@dataclass
+class LabelRemoval:
+    """How the run treated the documents made as one kind (`label`).
+
+    recall: share of the label's documents removed. precision: removals of this label among the
+    removals of this label and of clean documents, i.e. the precision of "remove" on the sub-problem
+    of telling this label from clean text (for the clean label itself: the share kept)."""
+
+    label: str
+    docs: int
+    removed: int
+    top_reasons: list[tuple[str, int]]
+    precision: float | None
+    recall: float
+
+
+def label_removal(kept_labels: pl.Series, rejected: pl.DataFrame) -> list[LabelRemoval]:
+    """Per-label removal figures from the kept rows' labels and the rejected rows' label + reason;
+    empty when no row carries a label."""
+    kept = _value_counts(kept_labels)
+    labelled = rejected.filter(pl.col("label").is_not_null())
+    removed = _value_counts(labelled["label"])
+    clean_removed = removed.get(CLEAN_LABEL, 0)
+    out = []
+    for label in sorted(kept.keys() | removed.keys(), key=lambda x: (x != CLEAN_LABEL, x)):
+        n_removed, docs = removed.get(label, 0), kept.get(label, 0) + removed.get(label, 0)
+        reasons = labelled.filter(pl.col("label") == label).group_by("reason").len().sort(["len", "reason"],
+                                                                                          descending=[True, False])
+        precision = (n_removed / (n_removed + clean_removed) if n_removed + clean_removed else None) \
+            if label != CLEAN_LABEL else None
+        out.append(LabelRemoval(label, docs, n_removed, list(reasons.head(3).iter_rows()), precision,
+                                n_removed / docs if docs else 0.0))
+    return out
 
 
 def cluster_sizes(rejected: pl.DataFrame) -> np.ndarray:
@@ -297,14 +361,15 @@ def _samples_html(by_reason: dict[str, list[dict]]) -> str:
 def render_html(data: RunData, title: str) -> str:
     s = data.summary
     reasons = rejection_counts(s)
-    kept_share = s["kept"] / s["inputs"] if s["inputs"] else 0.0
+    kept_share = s.kept / s.inputs if s.inputs else 0.0
     cards = "".join(f'<div class="card">{_e(k)}<b>{v}</b></div>' for k, v in (
-        ("input documents", f"{s['inputs']:,}"), ("kept", f"{s['kept']:,}"),
-        ("rejected", f"{s['rejected']:,}"), ("kept share", f"{kept_share:.1%}")))
+        ("input documents", f"{s.inputs:,}"), ("kept", f"{s.kept:,}"),
+        ("rejected", f"{s.rejected:,}"), ("kept share", f"{kept_share:.1%}"),
+        ("duplicate keeper", data.keep_policy)))
     parts = [
         _section("Funnel", _fig(funnel_figure(s)), _table(
             ["stage", "in", "kept", "rejected"],
-            [[st["stage"], st["in"], st["kept"], st["rejected"]] for st in s["stages"]], {1, 2, 3})),
+            [[st.stage, st.inputs, st.kept, st.rejected] for st in s.stages], {1, 2, 3})),
         _section("Rejections by reason",
                  _fig(reasons_figure(reasons[:TOP_REASONS])) if reasons else '<p class="note">None.</p>',
                  "<details><summary>as a table</summary>"
@@ -315,14 +380,24 @@ def render_html(data: RunData, title: str) -> str:
         parts.append(_section("Language distribution", _fig(language_figure(langs))))
     parts.append(_section("Document length", _fig(length_figure(
         data.kept["length"].drop_nulls().to_numpy(), data.rejected["length"].drop_nulls().to_numpy()))))
-    if data.kept["quality_score"].drop_nulls().len() or (data.rejected["reason"] == "low_quality").any():
-        low = data.rejected.filter(pl.col("reason") == "low_quality").select(_detail_number(pl.col("detail"), "score"))
-        parts.append(_section("Quality score", _fig(quality_figure(
-            data.kept["quality_score"].drop_nulls().to_numpy(), low.to_series().drop_nulls().to_numpy()))))
+    kept_scores, rejected_scores = (df["quality_score"].drop_nulls().to_numpy() for df in (data.kept, data.rejected))
+    if kept_scores.size or rejected_scores.size:
+        parts.append(_section("Quality score", _fig(quality_figure(kept_scores, rejected_scores)), (
+            f'<p class="note">Calibrated probability of high quality (quality/models/MODEL_CARD.md); '
+            f"rejected: every rejected document that was scored, whatever rejected it.</p>")))
+    removal = label_removal(data.kept["label"], data.rejected)
+    if removal:
+        parts.append(_section("Removal by label", _table(
+            ["label", "documents", "removed", "recall (removed share)", "precision vs clean", "top reasons"],
+            [[r.label, r.docs, r.removed, f"{r.recall:.1%}", "-" if r.precision is None else f"{r.precision:.1%}",
+              ", ".join(f"{reason} {n:,}" for reason, n in r.top_reasons)] for r in removal], {1, 2}),
+            '<p class="note">Labels say how each input document was made (meta.label). Precision of a junk '
+            "label: its removals among its own and the clean documents' removals.</p>"))
     sizes = cluster_sizes(data.rejected)
     if sizes.size:
         parts.append(_section("Duplicate clusters", _fig(cluster_figure(sizes)),
-                              f'<p class="note">{sizes.size:,} clusters, largest {int(sizes.max()):,} documents.</p>'))
+                              f'<p class="note">{sizes.size:,} clusters, largest {int(sizes.max()):,} documents; '
+                              f"keeper policy (dedup.keep): {_e(data.keep_policy)}.</p>"))
     if data.shard_tokens:
         parts.append(_section("Tokens per shard", _fig(shards_figure(data.shard_tokens))))
     parts.append(_section("Sample rejected documents", _samples_html(samples(data))))
@@ -345,9 +420,9 @@ def headline_markdown(run_dir: str | Path) -> str:
     run = Path(run_dir)
     data = load_run(run)
     s = data.summary
-    share = s["kept"] / s["inputs"] if s["inputs"] else 0.0
+    share = s.kept / s.inputs if s.inputs else 0.0
     lines = ["| inputs | kept | rejected | kept share |", "|---:|---:|---:|---:|",
-             f"| {s['inputs']:,} | {s['kept']:,} | {s['rejected']:,} | {share:.1%} |", "",
+             f"| {s.inputs:,} | {s.kept:,} | {s.rejected:,} | {share:.1%} |", "",
              "| top rejection reasons | documents |", "|---|---:|"]
     lines += [f"| {reason} | {n:,} |" for reason, n in rejection_counts(s)[:5]] or ["| none | 0 |"]
     langs = language_counts(data)[:5]
@@ -355,37 +430,3 @@ def headline_markdown(run_dir: str | Path) -> str:
         lines += ["", "Languages kept: " + ", ".join(f"{lang} {k:,}" for lang, k, _ in langs)]
     lines += ["", f"Report: `{(run / 'report.html').resolve()}`"]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# screenshot (README image, report test)
-
-
-def chromium() -> str | None:
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
-def screenshot(page: Path, png: Path, width: int = 1200, height: int = 3000,
-               net_log: Path | None = None, timeout: float = 120) -> Path:
-    """Render an HTML file in headless Chromium with every host name unresolvable (no network)."""
-    browser = chromium()
-    if browser is None:
-        raise FileNotFoundError("chromium not found (Debian: apt-get install chromium)")
-    with tempfile.TemporaryDirectory(prefix="sluice-chromium-") as profile:
-        args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--hide-scrollbars", '--host-resolver-rules=MAP * ~NOTFOUND', f"--user-data-dir={profile}",
-                f"--window-size={width},{height}", f"--screenshot={Path(png).resolve()}"]
-        if net_log is not None:
-            args.append(f"--log-net-log={Path(net_log).resolve()}")
-        subprocess.run(args + [Path(page).resolve().as_uri()], check=True, timeout=timeout,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return Path(png)
-
-
-_URL = re.compile(r"""(?:src|href|url)\s*[=(]\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
-
-
-def external_references(page_html: str) -> list[str]:
-    """Attributes or CSS that would make a browser fetch something from the network."""
-    return [m.group(0) for m in _URL.finditer(page_html)]

@@ -102,7 +102,7 @@ def _is_utf8(data: bytes) -> bool:
 
 def test_forum_parquet_has_the_mapped_columns(corpus):
     table = pq.read_table(corpus.inputs[2]["path"])
-    assert table.column_names == ["post_id", "body", "url", "author"]
+    assert table.column_names == ["post_id", "body", "url", "author", "label"]
     assert str(table.schema.field("post_id").type) == "int64"
     assert table.num_rows == corpus.source_counts["forum"]
     assert len(set(table["post_id"].to_pylist())) == table.num_rows

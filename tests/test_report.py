@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +16,8 @@ from pipeline.config import ClassifierConfig, LangIdConfig, RulesConfig
 from pipeline.ledger import StageCount, StageResult, count_reasons
 from pipeline.schema import DOC_SCHEMA
 from pipeline.summary import build_summary
-from quality import classifier, report
+from browser import chromium, external_references, screenshot
+from quality import classifier, langid, report
 from stages import exact_dedup
 from stages import langid as langid_stage
 from stages import quality as quality_stage
@@ -24,13 +26,28 @@ from stages import rules as rules_stage
 from test_quality import cc_docs, sms, wiki_paragraphs, youtube
 
 SECTIONS = ["Funnel", "Rejections by reason", "Language distribution", "Document length", "Quality score",
-            "Duplicate clusters", "Tokens per shard", "Sample rejected documents"]
+            "Removal by label", "Duplicate clusters", "Tokens per shard", "Sample rejected documents"]
+ANNOTATIONS = {"lang": pa.string(), "lang_score": pa.float64(), "quality_score": pa.float64()}
 
 
-def _table(rows: list[tuple[str, str]], source: str) -> pa.Table:
+def _table(rows: list[tuple[str, str]], source: str, label: str) -> pa.Table:
+    """Documents as readers make them; `meta.label` says how each was made (as in the demo corpus)."""
     return pa.Table.from_pydict({
         "id": [i for i, _ in rows], "text": [t for _, t in rows], "source": [source] * len(rows),
-        "url": [None] * len(rows), "meta": [None] * len(rows)}, schema=DOC_SCHEMA)
+        "url": [None] * len(rows), "meta": [json.dumps({"label": label})] * len(rows)}, schema=DOC_SCHEMA)
+
+
+def _annotated(rows: pa.Table, scored: pa.Table) -> pa.Table:
+    """Rows with the typed annotation columns the core carries on kept and rejected rows: the
+    values `scored` has for the same ids, null where it has none."""
+    index = {doc_id: i for i, doc_id in enumerate(scored["id"].to_pylist())}
+    for name, typ in ANNOTATIONS.items():
+        if name in rows.column_names:
+            continue
+        values = scored[name].to_pylist() if name in scored.column_names else [None] * scored.num_rows
+        rows = rows.append_column(pa.field(name, typ), pa.array([values[index[i]] if i in index else None
+                                                                 for i in rows["id"].to_pylist()], typ))
+    return rows
 
 
 def _write(path: Path, table: pa.Table) -> None:
@@ -44,8 +61,10 @@ def _token_shards(run: Path, kept: pa.Table, tokenizer_json: Path, shards: int =
 
     tok = Tokenizer.from_file(str(tokenizer_json))
     counts = [len(e.ids) for e in tok.encode_batch(kept["text"].to_pylist())]
-    manifest = {"shards": [{"path": f"shard-{i:05d}.arrow", "tokens": int(sum(counts[i::shards]))}
-                           for i in range(shards)]}
+    manifest = {"version": 1, "shards": [
+        {"file": f"shard-{i:05d}.arrow", "version": 1, "docs": len(counts[i::shards]),
+         "tokens": int(sum(counts[i::shards])), "bytes": 0, "dtype": "uint16", "sha256": "", "sources": {}}
+        for i in range(shards)]}
     (run / "shards").mkdir(parents=True)
     (run / "shards" / "manifest.json").write_text(json.dumps(manifest))
 
@@ -54,30 +73,38 @@ def _token_shards(run: Path, kept: pa.Table, tokenizer_json: Path, shards: int =
 def run_dir(shared_data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     inputs = pa.concat_tables([
-        _table([(d["id"], d["text"]) for d in cc_docs(shared_data)[:250]], "cc-web-docs"),
-        _table([(f"sms-{i}", t) for i, (_, t) in enumerate(sms(shared_data)[:300])], "sms-spam"),
-        _table([(r["COMMENT_ID"], r["CONTENT"]) for r in youtube(shared_data)[:60]], "youtube-spam"),
-        _table([(f"wiki-{i}", t) for i, t in enumerate(wiki_paragraphs(shared_data)[:80])], "wikitext-2"),
+        _table([(d["id"], d["text"]) for d in cc_docs(shared_data)[:250]], "cc-web-docs", "web"),
+        _table([(f"sms-{i}", t) for i, (_, t) in enumerate(sms(shared_data)[:300])], "sms-spam", "spam"),
+        _table([(r["COMMENT_ID"], r["CONTENT"]) for r in youtube(shared_data)[:60]], "youtube-spam", "spam"),
+        _table([(f"wiki-{i}", t) for i, t in enumerate(wiki_paragraphs(shared_data)[:80])], "wikitext-2", "clean"),
     ])
     negative = [t for label, t in sms(shared_data)[300:] if label == "spam"]
     negative += [r["CONTENT"] for r in youtube(shared_data)[60:] if r["CLASS"] == "1"]
     model = run.parent / f"{run.name}-quality.bin"
     classifier.train_texts(wiki_paragraphs(shared_data)[80:], negative, model, epoch=5, dim=32)
+    lid = str(shared_data / "fasttext-lid" / "lid.176.ftz")
+    quality_cfg = ClassifierConfig(model=str(model), threshold=0.5)
+
+    def with_lang(t: pa.Table) -> pa.Table:
+        langs, scores = langid.predict(t["text"].to_pylist(), lid)
+        return t.append_column("lang", pa.array(langs)).append_column("lang_score", pa.array(scores))
+
+    # (stage, function, what the stage computes for every row it sees: the new core's typed columns)
     steps = [
-        ("exact_dedup", exact_dedup.dedup),
-        ("langid", lambda t: langid_stage.process(t, LangIdConfig(model=str(
-            shared_data / "fasttext-lid" / "lid.176.ftz"), allow=["en"], min_score=0.4))),
-        ("rules", lambda t: rules_stage.process(t, RulesConfig(disable=["gopher.word_count", "c4.min_sentences"]))),
-        ("quality", lambda t: quality_stage.process(t, ClassifierConfig(enabled=True, model=str(model),
-                                                                         threshold=0.5))),
+        ("exact_dedup", exact_dedup.dedup, lambda t: t),
+        ("langid", lambda t: langid_stage.process(t, LangIdConfig(model=lid, allow=["en"], min_score=0.4)), with_lang),
+        ("rules", lambda t: rules_stage.process(t, RulesConfig(disable=["gopher.word_count", "c4.min_sentences"])),
+         lambda t: t),
+        ("quality", lambda t: quality_stage.process(t, quality_cfg),
+         lambda t: t.append_column("quality_score", classifier.score_table(t, quality_cfg))),
     ]
     counts, table = [], inputs
-    for name, fn in steps:
+    for name, fn, annotate in steps:
         result: StageResult = fn(table)
         counts.append(StageCount(name, table.num_rows, result.kept.num_rows, count_reasons(result.rejected["reason"])))
-        _write(run / "rejected" / f"{name}-part-00000.parquet", result.rejected)
+        _write(run / "rejected" / f"{name}-part-00000.parquet", _annotated(result.rejected, annotate(table)))
         table = result.kept
-    _write(run / "kept" / "part-00000.parquet", table)
+    _write(run / "kept" / "part-00000.parquet", _annotated(table, table))
     (run / "summary.json").write_text(json.dumps(build_summary(counts)))
     _token_shards(run, table, shared_data / "tokenizers" / "dolma_gpt-neo-test-tokenizer.json")
     return run
@@ -87,11 +114,12 @@ def test_report_is_one_offline_file_with_every_section(run_dir):
     page = report.write_report(run_dir)
     html = page.read_text()
     assert page == run_dir / "report.html"
-    assert report.external_references(html) == []
+    assert external_references(html) == []
     assert "<script" not in html and "<img" not in html  # plots are inline SVG, nothing to load
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in html
     assert html.count("<svg") == 7
+    assert "keeper policy (dedup.keep): first" in html  # this run records no dedup.keep
     assert report.WHY_SVG in html
     summary = json.loads((run_dir / "summary.json").read_text())
     assert f"{summary['inputs']:,}" in html and summary["rejected"] > 0
@@ -116,8 +144,8 @@ def test_report_is_deterministic(run_dir):
 
 def test_headline_markdown(run_dir):
     md = report.headline_markdown(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert f"| {summary['inputs']:,} | {summary['kept']:,} | {summary['rejected']:,} |" in md
+    summary = report.load_run(run_dir).summary
+    assert f"| {summary.inputs:,} | {summary.kept:,} | {summary.rejected:,} |" in md
     top_reason, top_count = report.rejection_counts(summary)[0]
     assert f"| {top_reason} | {top_count:,} |" in md
     assert str((run_dir / "report.html").resolve()) in md
@@ -134,13 +162,37 @@ def page_requests(net_log: Path) -> list[str]:
                    != "not an origin" and "url" in p})
 
 
-@pytest.mark.skipif(report.chromium() is None, reason="chromium not installed (CI installs it in .ci/run)")
+def test_report_reads_typed_columns_and_the_manifest(run_dir):
+    data = report.load_run(run_dir)
+    langs = dict((lang, (kept, rejected)) for lang, kept, rejected in report.language_counts(data))
+    assert langs["en"][0] == data.kept.height  # allow: [en]
+    by_langid = data.rejected.filter(pl.col("reason") == "language")["lang"].value_counts()
+    by_langid = dict(zip(by_langid["lang"].to_list(), by_langid["count"].to_list()))
+    assert len(by_langid) > 3 and all(rejected == by_langid.get(lang, 0) for lang, (_, rejected) in langs.items())
+    assert data.shard_tokens[0][0] == "shard-00000.arrow" and sum(t for _, t in data.shard_tokens) > 0
+    low = data.rejected.filter(pl.col("reason") == "low_quality")
+    assert low.height and low["quality_score"].null_count() == 0 and low["quality_score"].max() < 0.5
+    assert data.kept["quality_score"].min() >= 0.5
+
+
+def test_removal_by_label(run_dir):
+    """SMS and YouTube spam against WikiText-2: the spam label is mostly removed, clean mostly kept."""
+    removal = {r.label: r for r in report.label_removal(report.load_run(run_dir).kept["label"],
+                                                        report.load_run(run_dir).rejected)}
+    assert list(removal) == ["clean", "spam", "web"]
+    assert removal["spam"].docs == 360 and removal["spam"].recall > 0.9
+    assert removal["spam"].precision > 0.9 and removal["clean"].precision is None
+    assert removal["clean"].recall < 0.5  # most clean paragraphs kept
+    assert removal["spam"].top_reasons[0][1] >= removal["spam"].top_reasons[-1][1]
+
+
+@pytest.mark.skipif(chromium() is None, reason="chromium not installed (CI installs it in .ci/run)")
 def test_report_renders_in_headless_chromium_without_network(run_dir, tmp_path):
     from PIL import Image
 
     page = report.write_report(run_dir)
     png, net_log = tmp_path / "report.png", tmp_path / "net.json"
-    report.screenshot(page, png, width=1200, height=2400, net_log=net_log)
+    screenshot(page, png, width=1200, height=2400, net_log=net_log)
     image = np.asarray(Image.open(png).convert("RGB"))
     assert image.shape[:2] == (2400, 1200)
     colours = np.unique(image.reshape(-1, 3), axis=0)
@@ -155,5 +207,5 @@ def test_report_renders_in_headless_chromium_without_network(run_dir, tmp_path):
     # the same check does see a page that fetches from the network
     control = tmp_path / "control.html"
     control.write_text('<html><body><img src="https://example.com/x.png"></body></html>')
-    report.screenshot(control, tmp_path / "control.png", width=200, height=100, net_log=tmp_path / "control.json")
+    screenshot(control, tmp_path / "control.png", width=200, height=100, net_log=tmp_path / "control.json")
     assert page_requests(tmp_path / "control.json") == ["https://example.com/x.png"]

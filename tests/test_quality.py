@@ -117,7 +117,8 @@ def only(rule: str) -> RulesConfig:
 def docs_table(texts: list[str], source: str = "test") -> pa.Table:
     return pa.Table.from_pydict({
         "id": [f"{source}-{i:05d}" for i in range(len(texts))], "text": texts, "source": [source] * len(texts),
-        "url": [None] * len(texts), "meta": [None] * len(texts)}, schema=DOC_SCHEMA)
+        "url": [None] * len(texts), "meta": [None] * len(texts), "origin": [None] * len(texts)},
+        schema=DOC_SCHEMA)
 
 
 # ---------------------------------------------------------------------------------------------

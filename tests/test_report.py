@@ -34,7 +34,8 @@ def _table(rows: list[tuple[str, str]], source: str, label: str) -> pa.Table:
     """Documents as readers make them; `meta.label` says how each was made (as in the demo corpus)."""
     return pa.Table.from_pydict({
         "id": [i for i, _ in rows], "text": [t for _, t in rows], "source": [source] * len(rows),
-        "url": [None] * len(rows), "meta": [json.dumps({"label": label})] * len(rows)}, schema=DOC_SCHEMA)
+        "url": [None] * len(rows), "meta": [json.dumps({"label": label})] * len(rows),
+        "origin": [None] * len(rows)}, schema=DOC_SCHEMA)
 
 
 def _annotated(rows: pa.Table, scored: pa.Table) -> pa.Table:

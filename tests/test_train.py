@@ -35,7 +35,7 @@ def shard_dir(ray_cluster, shared_data, tmp_path_factory) -> Path:
     docs = [d for d in (p.strip() for p in text.split("\n\n")) if d]
     table = pa.table({"id": [f"ts-{i:05d}" for i in range(len(docs))], "text": docs,
                       "source": ["tinyshakespeare"] * len(docs), "url": [None] * len(docs),
-                      "meta": [None] * len(docs)}, schema=DOC_SCHEMA)
+                      "meta": [None] * len(docs), "origin": [None] * len(docs)}, schema=DOC_SCHEMA)
     (run / "kept").mkdir()
     pq.write_table(table, run / "kept" / "part-00000.parquet")
     config = parse_config({"tokenize": {"vocab_size": VOCAB}, "shard": {"tokens_per_shard": 100_000}})
@@ -85,7 +85,8 @@ def test_training_continues_from_its_checkpoint_on_appended_shards(shard_dir, un
     (batch / "kept").mkdir(parents=True)
     pq.write_table(pa.table({"id": [f"wt-{i:04d}" for i in range(len(paragraphs))], "text": paragraphs,
                              "source": ["wikitext"] * len(paragraphs), "url": [None] * len(paragraphs),
-                             "meta": [None] * len(paragraphs)}, schema=DOC_SCHEMA), batch / "kept" / "part-00000.parquet")
+                             "meta": [None] * len(paragraphs), "origin": [None] * len(paragraphs)},
+                            schema=DOC_SCHEMA), batch / "kept" / "part-00000.parquet")
     config = {"tokenize": {"vocab_size": VOCAB}, "shard": {"tokens_per_shard": 100_000}}
     assert append_shards(batch, shard_dir, parse_config(config)).version == 2
     final = train(parse_config({**config, "train": TRAIN | {"run_name": "plain", "steps": 26}}), shard_dir, uninterrupted)

@@ -149,7 +149,7 @@ def dedup(
     from stages.fuzzy_dedup import configure
 
     cfg = _load(None, inputs=[{"path": p} for p in inputs], out=out,
-                quality={"langid": {"enabled": False}, "rules": {"enabled": False}})
+                quality={"langid": {"enabled": False}, "rules": {"enabled": False}, "classifier": {"enabled": False}})
     try:
         cfg = configure(cfg, threshold=threshold, num_perm=num_perm, ngram=ngram)
         _start_ray(cfg)

@@ -19,7 +19,7 @@ from pipeline.config import ConfigError, parse_config
 from pipeline.summary import load_summary
 
 ROOT = Path(__file__).resolve().parent.parent
-SPINE_ONLY = {"quality": {"langid": {"enabled": False}, "rules": {"enabled": False}},
+SPINE_ONLY = {"quality": {"langid": {"enabled": False}, "rules": {"enabled": False}, "classifier": {"enabled": False}},
               "dedup": {"fuzzy": {"enabled": False}}, "tokenize": {"enabled": False}}
 
 

@@ -97,6 +97,7 @@ def curate(cfg: SluiceConfig, only: list[str] | None = None) -> RunSummary:
     start_ray(cfg.ray)
     run = RunDir(cfg.out)
     with run.lock():
+        atomic_write_json(run.config_file, cfg.model_dump(mode="json"))
         counts = row_local_task(run, plan)
         for i, stage in enumerate(plan.shuffles):
             counts.append(shuffle_task(run, plan, i, counts[-1].kept, stage.name))

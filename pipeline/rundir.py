@@ -5,6 +5,7 @@
     RUN/stages/<stage>/                 a shuffle stage (dedup): decisions/piece-NNNNN.parquet, its indexes
     RUN/stages/final/{kept,rejected}/   every piece with the decisions applied, part-NNNNN.parquet
     RUN/kept/, RUN/rejected/            the run's published view of stages/final (hard links)
+    RUN/config.json                     the effective config of the last run (what the report shows)
     RUN/summary.json, report.html, run_info.json, shards/, train/
     RUN/.lock                           held by the one flow that writes this run
 
@@ -149,6 +150,7 @@ class RunDir:
         self.kept = self.root / "kept"
         self.rejected = self.root / "rejected"
         self.summary_file = self.root / "summary.json"
+        self.config_file = self.root / "config.json"
         self.report_file = self.root / "report.html"
         self.run_info_file = self.root / "run_info.json"
         self.shards = self.root / "shards"

@@ -12,15 +12,15 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pipeline.rundir import atomic_write_bytes, safe_join
-from pipeline.summary import load_summary
+from pipeline.manifest import MANIFEST, read_manifest
+from pipeline.rundir import RunDir, atomic_write_bytes, safe_join
+from pipeline.summary import RunSummary, load_summary
 
 KEPT_COLOR, REJECTED_COLOR, ACCENT = "#2a9d8f", "#e76f51", "#264653"
 SAMPLES_PER_REASON = 3
@@ -39,7 +39,7 @@ class RunData:
     """What the report reads from a run directory."""
 
     root: Path
-    summary: SimpleNamespace  # RunSummary's fields: inputs, kept, rejected, rejected_by_reason, stages
+    summary: RunSummary
     kept: pl.DataFrame  # length, lang, lang_score, quality_score, label (null where absent)
     rejected: pl.DataFrame  # id, source, stage, reason, detail, duplicate_of, cluster_id, + the kept columns
     shard_tokens: list[tuple[str, int]]
@@ -77,47 +77,29 @@ def _texts(folder: Path, ids: list[str]) -> dict[str, str]:
 
 
 def _shard_tokens(run: Path) -> list[tuple[str, int]]:
-    """(file name, tokens) per shard of the run's manifest.
-
-    Until pipeline/manifest.py lands, this reads manifest.json's entries as dicts; then the loop
-    reads `read_manifest(run / "shards").shards` and `entry.file` / `entry.tokens`."""
-    manifest = run / "shards" / "manifest.json"
-    if not manifest.is_file():
+    """(file name, tokens) per shard of the run's manifest; each path is checked to stay in the run."""
+    shards = RunDir(run).shards
+    if not (shards / MANIFEST).is_file():
         return []
     out = []
-    for entry in json.loads(manifest.read_text())["shards"]:
-        safe_join(run / "shards", entry["file"])  # a manifest path must stay inside the run
-        out.append((Path(entry["file"]).name, int(entry["tokens"])))
+    for entry in read_manifest(shards).shards:
+        safe_join(shards, entry.file)
+        out.append((Path(entry.file).name, entry.tokens))
     return out
 
 
 def keep_policy(run: Path) -> str:
     """dedup's keeper policy (`dedup.keep`) as the run recorded its config, else "first"."""
-    for name in ("run_info.json", "summary.json"):
-        path = run / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            keep = (data.get("config", {}).get("dedup", {}) or {}).get("keep") or data.get("dedup_keep")
-            if keep:
-                return str(keep)
+    config = RunDir(run).config_file
+    if config.is_file():
+        return str(json.loads(config.read_text()).get("dedup", {}).get("keep") or DEFAULT_KEEP)
     return DEFAULT_KEEP
-
-
-def read_summary(run: Path) -> SimpleNamespace:
-    """summary.json with the attribute names of `pipeline.summary.RunSummary` (stages as StageCount:
-    stage, inputs, kept, rejected, rejected_by_reason). Once `load_summary` returns that model, this
-    body becomes `return load_summary(run)`."""
-    d = load_summary(run)
-    stages = [SimpleNamespace(stage=s["stage"], inputs=s["in"], kept=s["kept"], rejected=s["rejected"],
-                              rejected_by_reason=s["rejected_by_reason"]) for s in d["stages"]]
-    return SimpleNamespace(inputs=d["inputs"], kept=d["kept"], rejected=d["rejected"],
-                           rejected_by_reason=d["rejected_by_reason"], reconciled=d["reconciled"], stages=stages)
 
 
 def load_run(run_dir: str | Path) -> RunData:
     run = Path(run_dir)
     try:
-        summary = read_summary(run)
+        summary = load_summary(run)
     except FileNotFoundError:
         raise FileNotFoundError(f"{run / 'summary.json'} not found: is {run} a finished curate run?") from None
     kept = _read(run / "kept", ANNOTATIONS)
@@ -159,7 +141,7 @@ def _hbar(labels: list[str], values: list[int], title: str, color: str, salt: st
     return _svg(fig, salt)
 
 
-def funnel_figure(summary: SimpleNamespace) -> str:
+def funnel_figure(summary: RunSummary) -> str:
     labels = ["inputs"] + [s.stage for s in summary.stages]
     values = [summary.inputs] + [s.kept for s in summary.stages]
     return _hbar(labels, values, "Documents left after each stage", ACCENT, "funnel")
@@ -232,7 +214,7 @@ def shards_figure(shards: list[tuple[str, int]]) -> str:
 # data for the sections
 
 
-def rejection_counts(summary: SimpleNamespace) -> list[tuple[str, int]]:
+def rejection_counts(summary: RunSummary) -> list[tuple[str, int]]:
     """`stage: reason` and count, largest first (ties by name, so the order is stable)."""
     rows = [(f"{s.stage}: {reason}", n) for s in summary.stages for reason, n in s.rejected_by_reason.items()]
     return sorted(rows, key=lambda r: (-r[1], r[0]))

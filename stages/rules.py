@@ -20,8 +20,9 @@ STAGE = "rules"
 
 
 def applies(batch: pa.Table, cfg: RulesConfig) -> pa.ChunkedArray | pa.Array:
-    """Rows the rules judge: Gopher and C4 are calibrated on English, so other languages pass unjudged."""
-    if cfg.languages is None:
+    """Rows the rules judge: Gopher and C4 are calibrated on English, so other languages pass unjudged.
+    Without a `lang` column every row is judged (the plan makes sure langid ran when languages are set)."""
+    if cfg.languages is None or "lang" not in batch.column_names:
         return pa.array([True] * batch.num_rows)
     return pc.fill_null(pc.is_in(batch["lang"], pa.array(cfg.languages, pa.string())), False)
 

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import ClassifierConfig, ConfigError, LangIdConfig, RulesConfig
-from pipeline.ledger import split
 from pipeline.schema import DOC_SCHEMA, REJECTED_SCHEMA
 from quality import classifier, langid
 from quality.rules import ALL_LINES_REMOVED, CITATION, PUNCTUATION, RULES, RULES_BY_NAME, SIGNAL_PREFIX, evaluate
@@ -464,21 +463,19 @@ def test_read_documents_by_format(shared_data, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# the three stages on Ray
+# the three stages as the runner calls them
 
 
-def test_quality_stages_chain_on_ray(ray_cluster, shared_data, lid_model, trained):
-    """The Ray wiring gives the same ledger as the pure functions, and kept rows share one schema."""
+def test_quality_stages_chain_as_the_runner_calls_them(shared_data, lid_model, trained):
+    """`build` gives the runner the same function the unit tests call, and declares its columns."""
     model, _ = trained
     table = docs_table([d["text"] for d in cc_docs(shared_data)[:120]] + wiki_paragraphs(shared_data)[:30])
     steps = [(langid_stage, LangIdConfig(model=lid_model, allow=["en"])), (rules_stage, RulesConfig()),
              (quality_stage, ClassifierConfig(enabled=True, model=str(model), threshold=0.3))]
     for module, cfg in steps:
-        ds = module.build(cfg)(ray_cluster.data.from_arrow(table).repartition(3), None)
-        on_ray = split(pa.concat_tables(ray_cluster.get(ds.to_arrow_refs())))
-        local = module.process(table, cfg)
-        assert sorted(on_ray.kept["id"].to_pylist()) == sorted(local.kept["id"].to_pylist())
-        assert sorted(on_ray.rejected["reason"].to_pylist()) == sorted(local.rejected["reason"].to_pylist())
-        assert on_ray.rejected.num_rows > 0
-        table = on_ray.kept
+        stage = module.build(cfg)
+        built, local = stage.process(table), module.process(table, cfg)
+        assert built.kept.equals(local.kept) and built.rejected.equals(local.rejected)
+        assert built.rejected.num_rows > 0 and stage.reads <= set(table.column_names)
+        table = built.kept
     assert {"lang", "lang_score", "quality_score"} <= set(table.column_names)

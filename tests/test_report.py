@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ClassifierConfig, LangIdConfig, RulesConfig
-from pipeline.ledger import StageCount, StageResult, count_reasons
+from pipeline.ledger import StageCount, StageResult, count_reasons, rejected_rows
+from pipeline.manifest import ShardEntry, ShardManifest, TokenizerInfo, write_manifest
 from pipeline.schema import DOC_SCHEMA
 from pipeline.summary import build_summary
 from browser import chromium, external_references, screenshot
@@ -62,12 +64,13 @@ def _token_shards(run: Path, kept: pa.Table, tokenizer_json: Path, shards: int =
 
     tok = Tokenizer.from_file(str(tokenizer_json))
     counts = [len(e.ids) for e in tok.encode_batch(kept["text"].to_pylist())]
-    manifest = {"version": 1, "shards": [
-        {"file": f"shard-{i:05d}.arrow", "version": 1, "docs": len(counts[i::shards]),
-         "tokens": int(sum(counts[i::shards])), "bytes": 0, "dtype": "uint16", "sha256": "", "sources": {}}
-        for i in range(shards)]}
-    (run / "shards").mkdir(parents=True)
-    (run / "shards" / "manifest.json").write_text(json.dumps(manifest))
+    entries = [ShardEntry(file=f"shard-{i:05d}.arrow", version=1, docs=len(counts[i::shards]),
+                          tokens=int(sum(counts[i::shards])), bytes=0, dtype="uint16", sha256="", sources={})
+               for i in range(shards)]
+    tokenizer = TokenizerInfo(file="tokenizer.json", sha256="", vocab_size=tok.get_vocab_size(), eod_token=None,
+                              eod_id=None, trained=False)
+    write_manifest(run / "shards", ShardManifest.first(entries, fingerprint="report-test", config_hash="",
+                                                       tokenizer=tokenizer, dtype="uint16"))
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,7 @@ def run_dir(shared_data, tmp_path_factory) -> Path:
 
     # (stage, function, what the stage computes for every row it sees: the new core's typed columns)
     steps = [
-        ("exact_dedup", exact_dedup.dedup, lambda t: t),
+        ("exact_dedup", exact_duplicates, lambda t: t),
         ("langid", lambda t: langid_stage.process(t, LangIdConfig(model=lid, allow=["en"], min_score=0.4)), with_lang),
         ("rules", lambda t: rules_stage.process(t, RulesConfig(disable=["gopher.word_count", "c4.min_sentences"])),
          lambda t: t),
@@ -102,13 +105,23 @@ def run_dir(shared_data, tmp_path_factory) -> Path:
     counts, table = [], inputs
     for name, fn, annotate in steps:
         result: StageResult = fn(table)
-        counts.append(StageCount(name, table.num_rows, result.kept.num_rows, count_reasons(result.rejected["reason"])))
+        counts.append(StageCount.of(name, table.num_rows, result.kept.num_rows, count_reasons(result.rejected["reason"])))
         _write(run / "rejected" / f"{name}-part-00000.parquet", _annotated(result.rejected, annotate(table)))
         table = result.kept
     _write(run / "kept" / "part-00000.parquet", _annotated(table, table))
-    (run / "summary.json").write_text(json.dumps(build_summary(counts)))
+    (run / "summary.json").write_text(build_summary(counts).to_json())
     _token_shards(run, table, shared_data / "tokenizers" / "dolma_gpt-neo-test-tokenizer.json")
     return run
+
+
+def exact_duplicates(table: pa.Table) -> StageResult:
+    """Exact dedup's decisions applied to one table, as the runner applies them to a piece."""
+    rows = pa.array(range(table.num_rows), pa.int32())
+    d = exact_dedup.process(table.append_column("_piece", pa.array([0] * table.num_rows, pa.int32()))
+                            .append_column("_row", rows)).decisions
+    return StageResult(kept=table.filter(pc.invert(pc.is_in(rows, d["_row"]))),
+                       rejected=rejected_rows(table.take(d["_row"]), "exact_dedup", d["reason"], d["detail"],
+                                              d["duplicate_of"], d["cluster_id"], d["duplicate_of_source"]))
 
 
 def test_report_is_one_offline_file_with_every_section(run_dir):

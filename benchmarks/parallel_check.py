@@ -21,16 +21,15 @@ difference from `single` at every step.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.train_bench import write_token_shards  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.train_bench import write_token_shards  # noqa: E402
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.rundir import atomic_write_json  # noqa: E402
 from stages.train.loop import Trainer, open_loaders, read_metrics, train  # noqa: E402

@@ -8,6 +8,7 @@ stated tolerance). Four Ray Train fits in all, one of them restarted.
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import pytest
 
@@ -78,7 +79,7 @@ def test_synthetic_shards_are_learnable_token_streams(tmp_path):
 
     stream = TokenStream(write_shards(tmp_path))
     head = stream.read(0, 5).astype(int)
-    assert stream.total >= 60_000 and len({(b - a) % 512 for a, b in zip(head, head[1:])}) == 1
+    assert stream.total >= 60_000 and len({(b - a) % 512 for a, b in pairwise(head)}) == 1
 
 
 def test_memory_table_shrinks_per_device_state_with_sharding():

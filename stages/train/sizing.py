@@ -83,10 +83,10 @@ def memory_per_device(cfg: ModelConfig, strategy: str, devices: int, seq_len: in
 
 def table(seq_len: int = 2048, micro_batch: int = 8, vocab_size: int = 32_000) -> str:
     """A markdown table: every preset, on 1 H200 and on 8 (each strategy), with whether it fits."""
-    lines = [f"Per device, seq_len {seq_len}, micro-batch {micro_batch} sequences, vocabulary {vocab_size:,}; "
-             f"an H200 has {H200_GIB:.0f} GiB.", "",
-             "| preset | params total / active | devices | strategy | state GiB | transient GiB | activations GiB "
-             "| total GiB | fits |", "|---|---|---:|---|---:|---:|---:|---:|---|"]
+    lines = [(f"Per device, seq_len {seq_len}, micro-batch {micro_batch} sequences, vocabulary {vocab_size:,}; "
+              f"an H200 has {H200_GIB:.0f} GiB."), "",
+             ("| preset | params total / active | devices | strategy | state GiB | transient GiB | activations GiB "
+              "| total GiB | fits |"), "|---|---|---:|---|---:|---:|---:|---:|---|"]
     for name, base in PRESETS.items():
         cfg = replace(base, vocab_size=vocab_size, max_seq_len=seq_len)
         params = count_params(cfg)

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterator
 
+import psutil
 from pydantic import BaseModel, ValidationError
 
 from flows.processes import ProcessRef, kill_recorded, spawn, start_watchdog, stop_group
@@ -121,6 +122,9 @@ class ServeLock:
                 raise AlreadyServing(_held_message(path, _read(fh))) from None
             stale = _read(fh)
             if stale is not None:
+                sweeping = stale.watchdog.process() if stale.watchdog else None
+                if sweeping is not None:  # the old watchdog is still cleaning up after the kill: let it finish
+                    psutil.wait_procs([sweeping], timeout=30)
                 killed = kill_recorded(stale.owned())
                 log.warning("serve: cleaned up the lock of a killed `sluice serve` (pid %d)%s", stale.serve.pid,
                             f"; stopped its leftover processes {killed}" if killed else "")

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterator
 
+import psutil
 from pydantic import BaseModel, ValidationError
 
 from flows.processes import ProcessRef, kill_recorded, spawn, start_watchdog, stop_group
@@ -121,6 +122,9 @@ class ServeLock:
                 raise AlreadyServing(_held_message(path, _read(fh))) from None
             stale = _read(fh)
             if stale is not None:
+                sweeping = stale.watchdog.process() if stale.watchdog else None
+                if sweeping is not None:  # the old watchdog is still cleaning up after the kill: let it finish
+                    psutil.wait_procs([sweeping], timeout=30)
                 killed = kill_recorded(stale.owned())
                 log.warning("serve: cleaned up the lock of a killed `sluice serve` (pid %d)%s", stale.serve.pid,
                             f"; stopped its leftover processes {killed}" if killed else "")
@@ -162,23 +166,29 @@ def _held_message(path: Path, record: ServeRecord | None) -> str:
 
 def serve(config_path: Path, cron: str | None, interval: float | None, name: str = "sluice-incremental") -> None:
     """Serve the incremental flow on a schedule until SIGTERM or SIGINT (one run at a time)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.incremental import incremental_flow
     from pipeline.config import load_config
-
-    def run() -> None:
-        incremental_flow.serve(name=name, cron=cron, interval=interval, limit=1,
-                               parameters={"config_path": str(config_path.resolve())})
 
     # Until Prefect's runner installs its own graceful handler, SIGTERM unwinds like Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with ServeLock.hold(Path(load_config(config_path).out)) as lock:
         lock.update(watchdog=start_watchdog())
-        if os.environ.get("PREFECT_API_URL"):
-            run()
-            return
-        with local_prefect_server() as server, temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            lock.update(server=server)
-            os.environ["PREFECT_API_URL"] = server.api_url  # the runs served start in subprocesses
-            run()
+        _serve_locked(lock, config_path, cron, interval, name)
+
+
+def _serve_locked(lock: ServeLock, config_path: Path, cron: str | None, interval: float | None, name: str) -> None:
+    """Prefect and the flows are imported only here, so a refused second serve answers at once."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.incremental import incremental_flow
+
+    def run() -> None:
+        incremental_flow.serve(name=name, cron=cron, interval=interval, limit=1,
+                               parameters={"config_path": str(config_path.resolve())})
+
+    if os.environ.get("PREFECT_API_URL"):
+        run()
+        return
+    with local_prefect_server() as server, temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        lock.update(server=server)
+        os.environ["PREFECT_API_URL"] = server.api_url  # the runs served start in subprocesses
+        run()

@@ -26,7 +26,7 @@ import ray
 import xxhash
 
 from pipeline.config import KeepPolicy, Section, SluiceConfig
-from stages.dedup.keys import CHARS, decisions, doc_keys, old_keys, parts
+from stages.dedup.keys import decisions, doc_keys, old_keys, parts
 from stages.dedup.store import META, content_digest, find_index, stage_fingerprint, write_meta, write_parquet
 
 STAGE = "exact_dedup"
@@ -61,8 +61,7 @@ def tag(rows: pa.Table, keep: KeepPolicy) -> pa.Table:
     text = pc.fill_null(rows["text"], "").to_pylist()
     hashes = [xxhash.xxh3_128_hexdigest(t.encode()) for t in text]
     buckets = np.array([int(h[:8], 16) % BUCKETS for h in hashes], np.int32)
-    ranked = rows if keep != "longest" else rows.append_column(CHARS, pc.utf8_length(pc.fill_null(rows["text"], "")))
-    return pa.table([doc_keys(ranked, keep), pa.array(hashes, pa.string()), buckets], schema=TAG_SCHEMA)
+    return pa.table([doc_keys(rows, keep), pa.array(hashes, pa.string()), buckets], schema=TAG_SCHEMA)
 
 
 def dedupe(tagged: pa.Table, seen: pa.Table | None = None) -> Outcome:

@@ -45,7 +45,6 @@ REASON = "near_duplicate"
 INDEX_DIR = "band_index"
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
 PARTITIONS = 8  # shuffle partitions and index parts; fixed, so the index never depends on workers
-MAX_CHAIN = 10_000  # earlier runs an `against` chain may hold (a guard against cycles)
 # Up to this many verified edges, `clustering: auto` finds components on the driver.
 AUTO_LOCAL_EDGES = 2_000_000
 HASHES = "band_hashes"
@@ -181,10 +180,11 @@ class Earlier:
 
     @classmethod
     def load(cls, run_root: str | Path, settings: Settings) -> "Earlier":
-        folders, files, root = [], TextFiles(), Path(run_root).resolve()
+        folders, files, root, seen = [], TextFiles(), Path(run_root).resolve(), set()
         while root is not None:
-            if len(folders) >= MAX_CHAIN:
-                raise ValueError(f"dedup.fuzzy.against: the chain of earlier runs from {run_root} does not end")
+            if root in seen:
+                raise ValueError(f"dedup.fuzzy.against: the chain of earlier runs from {run_root} loops at {root}")
+            seen.add(root)
             folder = find_index(root, INDEX_DIR)
             meta = IndexMeta.model_validate_json((folder / META).read_text())
             diff = {k: (meta.params.get(k), v) for k, v in settings.index_params().items() if meta.params.get(k) != v}

@@ -123,13 +123,21 @@ def _pair_at(texts: list[str], params: MinHashParams, target: float, minhash_say
     raise AssertionError("no such pair found")
 
 
-def test_exact_verification_keeps_a_true_pair_the_estimate_drops_and_drops_one_below(texts):
-    cfg = FuzzyDedupConfig(threshold=0.8)
-    settings = fuzzy_dedup.Settings.from_config(cfg)
-    above = _pair_at(texts, settings.minhash, 0.8, minhash_says_above=False)  # true >= 0.8, estimate < 0.8
-    below = _pair_at(texts, settings.minhash, 0.8, minhash_says_above=True)  # true < 0.8, estimate >= 0.8
-    assert above[2] >= 0.8 > below[2]
-    for (text, copy, true), rejected in [(above, True), (below, False)]:
+@pytest.fixture(scope="module")
+def borderline(texts) -> dict[str, tuple[str, str, float]]:
+    """Pairs around the 0.8 threshold that the MinHash estimate puts on the wrong side, from two
+    different texts of texts[8:] (the other tests use the first eight)."""
+    params = fuzzy_dedup.Settings.from_config(FuzzyDedupConfig(threshold=0.8)).minhash
+    above = _pair_at(texts[8:], params, 0.8, minhash_says_above=False)  # true >= 0.8, estimate < 0.8
+    below = _pair_at([t for t in texts[8:] if t != above[0]], params, 0.8, minhash_says_above=True)  # the reverse
+    return {"above": above, "below": below}
+
+
+def test_exact_verification_keeps_a_true_pair_the_estimate_drops_and_drops_one_below(borderline):
+    settings = fuzzy_dedup.Settings.from_config(FuzzyDedupConfig(threshold=0.8))
+    assert borderline["above"][2] >= 0.8 > borderline["below"][2]
+    for name, rejected in [("above", True), ("below", False)]:
+        text, copy, true = borderline[name]
         rows = rows_table([("s", "a", text), ("s", "b", copy)], piece_size=1)
         out = fuzzy_dedup.process(rows, settings)
         assert (out.decisions.num_rows == 1) == rejected, true
@@ -158,29 +166,38 @@ def test_quality_ties_break_by_source_and_id_and_missing_scores_sort_last(texts)
 
 # ---------------------------------------------------------------- incremental runs
 
-def test_against_an_earlier_run_verifies_exactly_and_chains(ray_cluster, texts, tmp_path):
-    first = rows_table([("a", str(i), t) for i, t in enumerate(texts[:6])])
+def test_against_an_earlier_run_verifies_exactly_and_chains(ray_cluster, texts, borderline, tmp_path):
+    above, below = borderline["above"], borderline["below"]
+    first = rows_table([("a", str(i), t) for i, t in enumerate(texts[:4])] + [("a", "above", above[0]),
+                                                                              ("a", "below", below[0])])
     run_stage(ray_cluster, fuzzy_dedup, tmp_path / "r1", write_pieces(tmp_path / "r1", first))
     index = pq.read_table(fuzzy_dedup.find_index(tmp_path / "r1", fuzzy_dedup.INDEX_DIR))
     assert index.num_rows == 6
 
-    second = rows_table([("b", "0", edited(texts[1], 5)), ("b", "1", texts[7]),
-                         ("b", "2", edited(texts[2], 6, fraction=0.15))])  # a candidate at most, far below 0.8
+    second = rows_table([("b", "0", edited(texts[1], 5)), ("b", "1", texts[7]), ("b", "2", above[1]), ("b", "3", below[1])])
     rows = write_pieces(tmp_path / "r2", second)
     got = run_stage(ray_cluster, fuzzy_dedup, tmp_path / "r2", rows, fuzzy={"against": str(tmp_path / "r1")})
     assert got.select(["_piece", "_row", "duplicate_of", "duplicate_of_source"]).to_pylist() == [
-        {"_piece": 0, "_row": 0, "duplicate_of": "1", "duplicate_of_source": "a"}]
+        {"_piece": 0, "_row": 0, "duplicate_of": "1", "duplicate_of_source": "a"},
+        {"_piece": 1, "_row": 0, "duplicate_of": "above", "duplicate_of_source": "a"}]
 
-    # the pure function, given the same earlier run, decides the same
+    # the pure function, given the same earlier run, decides the same; unverified, it would also
+    # reject the copy below the threshold: verification against the earlier run's text decided
     settings = fuzzy_dedup.Settings.from_config(FuzzyDedupConfig())
     earlier = fuzzy_dedup.Earlier.load(tmp_path / "r1", settings)
     assert fuzzy_dedup.process(second, settings, earlier).decisions.equals(got)
+    unverified = fuzzy_dedup.Settings.from_config(FuzzyDedupConfig(verify=False))
+    assert (1, 1) in fates_rows(fuzzy_dedup.process(second, unverified, earlier).decisions)
 
     # a third run against the second also sees the first run's documents, through the chain
     third = write_pieces(tmp_path / "r3", rows_table([("c", "0", edited(texts[3], 7)), ("c", "1", edited(texts[7], 8))]))
     got = run_stage(ray_cluster, fuzzy_dedup, tmp_path / "r3", third, fuzzy={"against": str(tmp_path / "r2")})
     assert got.select(["duplicate_of", "duplicate_of_source"]).to_pylist() == [
         {"duplicate_of": "3", "duplicate_of_source": "a"}, {"duplicate_of": "1", "duplicate_of_source": "b"}]
+
+
+def fates_rows(decisions: pa.Table) -> set[tuple[int, int]]:
+    return set(zip(decisions["_piece"].to_pylist(), decisions["_row"].to_pylist()))
 
 
 def test_exact_against_an_earlier_run(ray_cluster, texts, tmp_path):

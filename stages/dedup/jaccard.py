@@ -18,7 +18,8 @@ from stages.dedup.minhash import MinHashParams, shingle_hashes
 def shingle_sets(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, params: MinHashParams) -> list[np.ndarray]:
     """Each document's sorted, distinct shingle hashes."""
     hashes, doc = shingle_hashes(texts, params)
-    packed = np.unique((doc.astype(np.uint64) << np.uint64(32)) | hashes.astype(np.uint64))
+    packed = np.sort((doc.astype(np.uint64) << np.uint64(32)) | hashes.astype(np.uint64))
+    packed = packed[np.append(True, packed[1:] != packed[:-1])]  # np.unique's hashing is ~10x slower here
     owner = (packed >> np.uint64(32)).astype(np.int64)
     values = (packed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     bounds = np.searchsorted(owner, np.arange(len(texts) + 1))

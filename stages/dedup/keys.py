@@ -28,7 +28,6 @@ NO_RANK = "0" * RANK_WIDTH
 LEVEL_DIGITS, FILE_DIGITS, ROW_DIGITS = 3, 10, 10
 LOC_WIDTH = LEVEL_DIGITS + FILE_DIGITS + ROW_DIGITS
 QUALITY = "quality_score"
-CHARS = "_chars"  # text length in characters, when the text itself is not carried
 DECISION_SCHEMA = pa.schema([
     ("_piece", pa.int32()), ("_row", pa.int32()), ("reason", pa.string()), ("detail", pa.string()),
     ("duplicate_of", pa.string()), ("duplicate_of_source", pa.string()), ("cluster_id", pa.string()),
@@ -47,8 +46,7 @@ def ranks(rows: pa.Table, keep: KeepPolicy) -> list[str] | str:
     if keep == "first":
         return NO_RANK
     if keep == "longest":
-        chars = rows[CHARS] if CHARS in rows.column_names else pc.utf8_length(pc.fill_null(rows["text"], ""))
-        return _descending(np.asarray(chars, np.float64))
+        return _descending(np.asarray(pc.utf8_length(pc.fill_null(rows["text"], "")), np.float64))
     scores = rows[QUALITY] if QUALITY in rows.column_names else pa.nulls(rows.num_rows, pa.float64())
     return _descending(np.asarray(pc.fill_null(scores.cast(pa.float64()), np.nan), np.float64))
 

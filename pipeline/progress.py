@@ -108,7 +108,7 @@ class Progress:
     def line(self, now: float, done: bool = False) -> str:
         """One log line: what is done (of how much, when known), how fast, for how long."""
         count = f"{self.items:,}" + (f"/{self.total_items:,} {self.unit} ({self.items / self.total_items:.0%})"
-                                    if self.total_items else f" {self.unit}")
+                                     if self.total_items else f" {self.unit}")
         mb = f"{self.nbytes / 1e6:,.1f}" + (f"/{self.total_bytes / 1e6:,.1f} MB" if self.total_bytes else " MB")
         state = "done" if done else "running"
         return f"{self.stage}: {state}, {count}, {mb}, {self.rates(now)}, {now - self.started:,.0f} s"

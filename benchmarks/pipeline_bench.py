@@ -291,12 +291,8 @@ def floors(corpus_path: Path, tokenizer: Path | None, repeat: int) -> dict[str, 
     with open(corpus_path, encoding="utf-8") as fh:
         texts = [json.loads(line)["text"] for _, line in zip(range(FLOOR_SAMPLE), fh)]
     out: dict[str, float] = {}
-    probes = {
-        "fastText predict": lambda: (lambda t: __import__("quality.langid", fromlist=["predict"]).predict(t)),
-        "rules evaluate": lambda: _rules_eval(),
-        "MinHash signatures": lambda: _minhash(),
-    }
-    for name, make in probes.items():
+    for name, make in {"fastText predict": _langid, "rules evaluate": _rules_eval,
+                       "MinHash signatures": _minhash}.items():
         try:
             out[name] = _rate(make(), texts, repeat)
         except ImportError as err:  # the core moved a module: say so rather than stop the benchmark
@@ -309,6 +305,12 @@ def floors(corpus_path: Path, tokenizer: Path | None, repeat: int) -> dict[str, 
         out["encode_batch"] = _rate(tok.encode_batch, texts, repeat)
         out["encode_batch tokens/s"] = out["encode_batch"] * n_tokens / len(texts)
     return out
+
+
+def _langid():
+    from quality.langid import predict
+
+    return predict
 
 
 def _rules_eval():

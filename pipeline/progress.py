@@ -53,16 +53,16 @@ _display = _Display()
 
 
 class Progress:
-    """Items (rows) and bytes a stage has done, reported without a TTY as one log line per
-    `interval` seconds (and a last one on close), in a TTY as a bar.
+    """Items (rows by default; `unit` names them) and bytes a stage has done, reported without a TTY as
+    one log line per `interval` seconds (and a last one on close), in a TTY as a bar.
 
     `clock` and `tty` exist for tests and for callers that know better than `sys.stdout.isatty()`.
     """
 
     def __init__(self, stage: str, total_items: int | None = None, total_bytes: int | None = None, *,
-                 interval: float = 10.0, clock: Clock = time.monotonic, tty: bool | None = None,
-                 console: Console | None = None) -> None:
-        self.stage, self.total_items, self.total_bytes = stage, total_items, total_bytes
+                 unit: str = "rows", interval: float = 10.0, clock: Clock = time.monotonic,
+                 tty: bool | None = None, console: Console | None = None) -> None:
+        self.stage, self.total_items, self.total_bytes, self.unit = stage, total_items, total_bytes, unit
         self.items = self.nbytes = 0
         self.interval, self.clock = interval, clock
         self.started = self.last_report = clock()
@@ -76,7 +76,7 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def advance(self, items: int, nbytes: int) -> None:
+    def advance(self, items: int, nbytes: int = 0) -> None:
         """Count `items` more rows and `nbytes` more bytes done; report if an interval has passed."""
         self.items += items
         self.nbytes += nbytes
@@ -101,14 +101,14 @@ class Progress:
             log.info("%s", self.line(now, done=True))
 
     def rates(self, now: float) -> str:
-        """Rows/s and MB/s since the stage started."""
+        """Items/s and MB/s since the stage started."""
         elapsed = max(now - self.started, 1e-9)
-        return f"{self.items / elapsed:,.0f} rows/s, {self.nbytes / elapsed / 1e6:,.1f} MB/s"
+        return f"{self.items / elapsed:,.0f} {self.unit}/s, {self.nbytes / elapsed / 1e6:,.1f} MB/s"
 
     def line(self, now: float, done: bool = False) -> str:
         """One log line: what is done (of how much, when known), how fast, for how long."""
-        rows = f"{self.items:,}" + (f"/{self.total_items:,} rows ({self.items / self.total_items:.0%})"
-                                    if self.total_items else " rows")
+        count = f"{self.items:,}" + (f"/{self.total_items:,} {self.unit} ({self.items / self.total_items:.0%})"
+                                     if self.total_items else f" {self.unit}")
         mb = f"{self.nbytes / 1e6:,.1f}" + (f"/{self.total_bytes / 1e6:,.1f} MB" if self.total_bytes else " MB")
         state = "done" if done else "running"
-        return f"{self.stage}: {state}, {rows}, {mb}, {self.rates(now)}, {now - self.started:,.0f} s"
+        return f"{self.stage}: {state}, {count}, {mb}, {self.rates(now)}, {now - self.started:,.0f} s"

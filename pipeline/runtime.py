@@ -28,6 +28,11 @@ TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_HELP = ("put the cluster's token in ~/.ray/auth_token (the file `ray start --head` read it from), "
               "or set RAY_AUTH_TOKEN to the token, or RAY_AUTH_TOKEN_PATH to a file holding it")
+# Ray Data lines that only repeat what Sluice logs itself.
+QUIET_LOGGERS = {
+    "ray.data._internal.progress": logging.ERROR,  # "progress bars disabled": the choice made here
+    "ray.data._internal.execution.streaming_executor": logging.WARNING,  # "execution finished", per dataset
+}
 OPT_OUT = "set `ray.allow_unauthenticated: true` in the config to accept a cluster without token auth"
 
 
@@ -138,8 +143,8 @@ def configure_data_context() -> None:
     ctx.enable_progress_bars = sys.stdout.isatty() and os.environ.get("SLUICE_PROGRESS", "1") == "1"
     ctx.print_on_execution_start = False
     ctx.execution_options.preserve_order = True
-    # With the bars off, Ray Data says so once per process at WARNING; that is the choice made above.
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def dashboard_url() -> str | None:

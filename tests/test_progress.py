@@ -45,13 +45,14 @@ def test_without_a_tty_one_line_per_interval_with_rates(lines):
     assert len(lines()) == 2 and lines()[1].startswith("rules: running, 1,500/4,000 rows (38%)")
 
 
-def test_close_reports_totals_once(lines):
+def test_close_reports_totals_once_in_the_callers_unit(lines):
     clock = Clock()
-    with Progress("langid", total_items=None, total_bytes=None, clock=clock, tty=False) as progress:
+    with Progress("row-local stages", total_items=None, total_bytes=None, unit="pieces", clock=clock,
+                  tty=False) as progress:
         clock.now += 4
-        progress.advance(2000, 8_000_000)
+        progress.advance(20, 8_000_000)
     progress.close()
-    assert lines() == ["langid: done, 2,000 rows, 8.0 MB, 500 rows/s, 2.0 MB/s, 4 s"]
+    assert lines() == ["row-local stages: done, 20 pieces, 8.0 MB, 5 pieces/s, 2.0 MB/s, 4 s"]
 
 
 def test_in_a_tty_stages_share_one_bar_display_and_log_nothing(lines):

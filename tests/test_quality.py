@@ -188,16 +188,17 @@ def test_batched_ngram_signals_equal_a_direct_count(shared_data):
 
 
 def test_spam_mostly_rejected_and_wikitext_mostly_kept(shared_data):
-    """Measured with the published defaults: SMS spam 100 % rejected, YouTube spam 96.4 %,
-    WikiText-2 valid paragraphs 72.4 % kept (most losses: WikiText's spaced-out punctuation
-    fails gopher.alpha_words, and short paragraphs)."""
+    """Measured with the default rule set (published defaults, less C4's terminal-punctuation line pass
+    and min_sentences): SMS spam 100 % rejected, YouTube spam 95.3 %, WikiText-2 valid paragraphs
+    78.0 % kept (most losses: WikiText's spaced-out punctuation fails gopher.alpha_words, and short
+    paragraphs). All rules: 100 %, 96.4 %, 72.4 %."""
     sms_spam = [t for label, t in sms(shared_data) if label == "spam"]
     yt_spam = [r["CONTENT"] for r in youtube(shared_data) if r["CLASS"] == "1"]
     cfg = RulesConfig()
     rejected = lambda texts: evaluate(texts, cfg).reason.is_not_null().mean()  # noqa: E731
     assert rejected(sms_spam) >= 0.97
     assert rejected(yt_spam) >= 0.93
-    assert 1 - rejected(wiki_paragraphs(shared_data)) >= 0.68
+    assert 1 - rejected(wiki_paragraphs(shared_data)) >= 0.75
 
 
 def test_rules_stage_filters_and_removes_lines(shared_data):

@@ -482,3 +482,17 @@ def test_quality_stages_chain_on_ray(ray_cluster, shared_data, lid_model, traine
         assert on_ray.rejected.num_rows > 0
         table = on_ray.kept
     assert {"lang", "lang_score", "quality_score"} <= set(table.column_names)
+
+
+def test_the_shipped_model_keeps_the_demo_corpus_clean_english_documents(tmp_path):
+    """`sluice demo` runs the classifier: at 0.8 its clean English articles must survive (92.5 % of a
+    3,000-record corpus in the model card) and its spam and boilerplate must not."""
+    from pipeline.democorpus import LABELS, labelled_documents
+
+    docs = [d for d in labelled_documents(tmp_path, n_docs=400, seed=1) if d["lang"] == "en"]
+    assert {d["label"] for d in docs} <= set(LABELS.values())
+    kept = {}
+    for label in ("clean", "spam", "boilerplate"):
+        texts = [d["text"] for d in docs if d["label"] == label]
+        kept[label] = float(np.mean(classifier.score(texts) >= 0.8))
+    assert kept["clean"] >= 0.85 and kept["spam"] <= 0.1 and kept["boilerplate"] <= 0.1, kept

@@ -188,16 +188,17 @@ def test_batched_ngram_signals_equal_a_direct_count(shared_data):
 
 
 def test_spam_mostly_rejected_and_wikitext_mostly_kept(shared_data):
-    """Measured with the published defaults: SMS spam 100 % rejected, YouTube spam 96.4 %,
-    WikiText-2 valid paragraphs 72.4 % kept (most losses: WikiText's spaced-out punctuation
-    fails gopher.alpha_words, and short paragraphs)."""
+    """Measured with the default rule set (published defaults, less C4's terminal-punctuation line pass
+    and min_sentences): SMS spam 100 % rejected, YouTube spam 95.3 %, WikiText-2 valid paragraphs
+    78.0 % kept (most losses: WikiText's spaced-out punctuation fails gopher.alpha_words, and short
+    paragraphs). All rules: 100 %, 96.4 %, 72.4 %."""
     sms_spam = [t for label, t in sms(shared_data) if label == "spam"]
     yt_spam = [r["CONTENT"] for r in youtube(shared_data) if r["CLASS"] == "1"]
     cfg = RulesConfig()
     rejected = lambda texts: evaluate(texts, cfg).reason.is_not_null().mean()  # noqa: E731
     assert rejected(sms_spam) >= 0.97
     assert rejected(yt_spam) >= 0.93
-    assert 1 - rejected(wiki_paragraphs(shared_data)) >= 0.68
+    assert 1 - rejected(wiki_paragraphs(shared_data)) >= 0.75
 
 
 def test_rules_stage_filters_and_removes_lines(shared_data):
@@ -479,3 +480,17 @@ def test_quality_stages_chain_as_the_runner_calls_them(shared_data, lid_model, t
         assert built.rejected.num_rows > 0 and stage.reads <= set(table.column_names)
         table = built.kept
     assert {"lang", "lang_score", "quality_score"} <= set(table.column_names)
+
+
+def test_the_shipped_model_keeps_the_demo_corpus_clean_english_documents(tmp_path):
+    """`sluice demo` runs the classifier: at 0.8 its clean English articles must survive (92.5 % of a
+    3,000-record corpus in the model card) and its spam and boilerplate must not."""
+    from pipeline.democorpus import LABELS, labelled_documents
+
+    docs = [d for d in labelled_documents(tmp_path, n_docs=400, seed=1) if d["lang"] == "en"]
+    assert {d["label"] for d in docs} <= set(LABELS.values())
+    kept = {}
+    for label in ("clean", "spam", "boilerplate"):
+        texts = [d["text"] for d in docs if d["label"] == label]
+        kept[label] = float(np.mean(classifier.score(texts) >= 0.8))
+    assert kept["clean"] >= 0.85 and kept["spam"] <= 0.1 and kept["boilerplate"] <= 0.1, kept

@@ -31,7 +31,7 @@ from flows.processes import kill_recorded
 from flows.serve import LOCK_FILE, ServeRecord
 from pipeline.democorpus import generate_corpus
 from proctrack import Recorder, alive_after, listening
-from quality.report import chromium
+from browser import chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # ceilings for a loaded 2-core machine

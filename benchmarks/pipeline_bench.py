@@ -30,6 +30,7 @@ import argparse
 import bz2
 import contextlib
 import gzip
+import itertools
 import json
 import math
 import os
@@ -289,7 +290,7 @@ def _rate(fn, items: list, repeat: int) -> float:
 def floors(corpus_path: Path, tokenizer: Path | None, repeat: int) -> dict[str, float]:
     """Docs/s of each row-local stage's core component in this one process (tokens/s for encode_batch)."""
     with open(corpus_path, encoding="utf-8") as fh:
-        texts = [json.loads(line)["text"] for _, line in zip(range(FLOOR_SAMPLE), fh)]
+        texts = [json.loads(line)["text"] for line in itertools.islice(fh, FLOOR_SAMPLE)]
     out: dict[str, float] = {}
     for name, make in {"fastText predict": _langid, "rules evaluate": _rules_eval,
                        "MinHash signatures": _minhash}.items():
@@ -456,7 +457,7 @@ def stage_ratios(result: dict, summary: dict | None) -> dict:
 
 
 def print_size(result: dict, bands: int, rows: int) -> None:
-    print(f"\n| what | wall s | docs/s | MB/s | peak RSS tree MB | largest process MB | processes |")
+    print("\n| what | wall s | docs/s | MB/s | peak RSS tree MB | largest process MB | processes |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in result["runs"].items():
         note = f" ({r['duplicates']:,} duplicates)" if "duplicates" in r else ""

@@ -68,7 +68,8 @@ class RayConfig(Section):
     address: str | None = Field(None, description="join an existing cluster; RAY_ADDRESS also works")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for the embedded local cluster")
     dashboard: bool = True
-    dashboard_port: int = Field(8265, ge=0, le=65535)
+    dashboard_port: int | None = Field(
+        None, ge=0, le=65535, description="null: 8265, or the next free port when another Ray holds it")
     allow_unauthenticated: bool = Field(
         False, description="accept Ray without token auth (RAY_AUTH_MODE=disabled, or a cluster with no token to send)")
 

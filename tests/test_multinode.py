@@ -2,8 +2,8 @@
 `RAY_ADDRESS=HOST:PORT sluice run` with nothing else set, and the same bytes as the embedded cluster.
 
 The two nodes run on this machine with one CPU and a temp dir each, started the way a user starts
-them: the token sits in ~/.ray/auth_token (HOME is a fresh folder here) and no RAY_AUTH_MODE is set,
-which is exactly the case that used to fail after 30 s of InvalidAuthToken warnings.
+them: the token sits in ~/.ray/auth_token (HOME is a fresh folder here) and `sluice` gets no
+RAY_AUTH_MODE, which is exactly the case that used to fail after 30 s of InvalidAuthToken warnings.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -36,7 +35,7 @@ CLEAN_ENV = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_P
 def user_env(home: Path) -> dict[str, str]:
     """A user's shell: their HOME, this checkout importable, no Ray address or auth settings."""
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    # Without a TERM-driven drain, `ray start --block` exits at once on SIGTERM instead of after 30 s.
+    # No drain on SIGTERM: `ray start --block` then stops at once instead of after 30 s.
     return env | {"HOME": str(home), "PYTHONPATH": str(ROOT), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
 
 

@@ -53,8 +53,6 @@ CORPUS_VERSION = 1  # bump when the generator changes, so cached corpora are reb
 SAMPLE_S = 0.2
 FLOOR_SAMPLE = 2000
 WORD = re.compile(r"\w+")
-STAGE_LINE = re.compile(r"stage (\w+): (\d+) in\b")
-TOKENIZE_LINE = re.compile(r"tokenize: ([\d,]+) docs, ([\d,]+) tokens")
 ROW_LOCAL_FLOORS = {"langid": "fastText predict", "rules": "rules evaluate", "fuzzy_dedup": "MinHash signatures",
                     "tokenize": "encode_batch"}
 
@@ -257,21 +255,11 @@ def sluice_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
 
 
-def stage_times(m: Measured, summary: dict | None) -> dict[str, float]:
-    """Seconds per stage: from summary.json when the run records them, else from the log's timestamps
-    (a stage ends at its `stage NAME: N in` line and starts where the one before it ended; the first
-    starts at the first line the flow logs)."""
-    if summary and all("seconds" in s for s in summary.get("stages", [])):
-        return {s["stage"]: s["seconds"] for s in summary["stages"]}
-    times, previous = {}, None
-    for t, line in m.lines:
-        if previous is None and ("curate" in line or "Beginning" in line or "Created" in line):
-            previous = t
-        if (hit := STAGE_LINE.search(line)) and previous is not None:
-            times[hit.group(1)], previous = t - previous, t
-        elif TOKENIZE_LINE.search(line) and previous is not None:
-            times["tokenize"], previous = t - previous, t
-    return times
+def stage_times(out_dir: Path) -> dict[str, float]:
+    """Seconds per stage as the run recorded them in run_info.json (row-local stages: work seconds
+    summed over workers; the others: wall seconds)."""
+    info = out_dir / "run_info.json"
+    return json.loads(info.read_text()).get("stage_seconds", {}) if info.is_file() else {}
 
 
 # --- one-process floors --------------------------------------------------------------------------
@@ -413,7 +401,7 @@ def run_size(n_docs: int, args) -> dict:
         m = measure(sluice_cmd() + cli_args, env)
         summary = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").exists() else None
         summaries[name] = summary
-        record(name, m, {"stage_seconds": stage_times(m, summary), "summary": summary})
+        record(name, m, {"stage_seconds": stage_times(out_dir), "summary": summary})
 
     bands, rows = sluice_lsh(args.threshold, args.num_perm)
     for method in args.peers:

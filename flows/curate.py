@@ -7,6 +7,7 @@ kill resumes where the last run stopped. The run directory is locked for the who
 from __future__ import annotations
 
 import logging
+import time
 from functools import partial
 
 import ray
@@ -67,7 +68,7 @@ def _in_flight() -> int:
 
 
 @task(task_run_name="row-local stages", **RETRY)
-def row_local_task(run: RunDir, plan: Plan) -> list[StageCount]:
+def row_local_task(run: RunDir, plan: Plan) -> tuple[list[StageCount], dict[str, float]]:
     return run_row_local(run, plan, _in_flight())
 
 
@@ -98,10 +99,14 @@ def curate(cfg: SluiceConfig, only: list[str] | None = None) -> RunSummary:
     run = RunDir(cfg.out)
     with run.lock():
         atomic_write_json(run.config_file, cfg.model_dump(mode="json"))
-        counts = row_local_task(run, plan)
+        counts, seconds = row_local_task(run, plan)
         for i, stage in enumerate(plan.shuffles):
+            started = time.perf_counter()
             counts.append(shuffle_task(run, plan, i, counts[-1].kept, stage.name))
+            seconds[stage.name] = time.perf_counter() - started
+        started = time.perf_counter()
         final_task(run, plan)
+        seconds["apply decisions"] = time.perf_counter() - started
         summary = build_summary(counts)
         atomic_write_bytes(run.summary_file, summary.to_json().encode())
         create_markdown_artifact(summary_markdown(summary), key="curate-ledger",
@@ -109,14 +114,17 @@ def curate(cfg: SluiceConfig, only: list[str] | None = None) -> RunSummary:
         write_report(run.root)
         create_markdown_artifact(headline_markdown(run.root), key="curate-report",
                                  description="Data-quality headline and the report's path")
-        atomic_write_json(run.run_info_file, run_links())
+        atomic_write_json(run.run_info_file, run_info(seconds))
     return summary
 
 
-def run_links() -> dict:
-    """Where to look at this run beyond its files (kept apart from summary.json, which is deterministic)."""
+def run_info(seconds: dict[str, float]) -> dict:
+    """What is particular to this run rather than to its data (kept apart from summary.json, which is
+    deterministic): where to look at it, and how long each stage took (row-local stages: seconds of
+    work summed over workers, for the pieces this run processed; others: wall seconds)."""
     from prefect.runtime import flow_run
 
     ui = flow_run.ui_url  # only meaningful with a Prefect server that has a UI
     return {"prefect_flow_run": flow_run.id, "prefect_flow_run_url": ui if ui and ui.startswith("http") else None,
-            "artifacts": ["curate-ledger", "curate-report"], "report": "report.html", "ray_dashboard": dashboard_url()}
+            "artifacts": ["curate-ledger", "curate-report"], "report": "report.html", "ray_dashboard": dashboard_url(),
+            "stage_seconds": {k: round(v, 3) for k, v in seconds.items()}}

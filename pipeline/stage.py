@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,11 +137,18 @@ class _Counts:
         self.inputs = Counter({n: 0 for n in names})
         self.kept = Counter({n: 0 for n in names})
         self.reasons: dict[str, Counter[str]] = {n: Counter() for n in names}
+        self.seconds: Counter[str] = Counter()
 
     def add(self, name: str, result: StageResult, inputs: int) -> None:
         self.inputs[name] += inputs
         self.kept[name] += result.kept.num_rows
         self.reasons[name].update(result.rejected["reason"].to_pylist())
+
+    def tick(self, name: str, since: float) -> float:
+        """Charge the time since `since` to stage `name` (reading counts as ingest's); return now."""
+        now = time.perf_counter()
+        self.seconds[name] += now - since
+        return now
 
     def lines(self) -> list[StageCount]:
         return [StageCount.of(n, self.inputs[n], self.kept[n], dict(self.reasons[n])) for n in self.inputs]
@@ -163,13 +171,14 @@ def _kept_batches(path: Path) -> Iterator[StageResult]:
 
 
 def _write_segment(batches: Iterator[StageResult], lead: str | None, stages: tuple[RowStage, ...],
-                   folder: Path) -> list[StageCount]:
+                   folder: Path) -> _Counts:
     """Run the stages over every batch, streaming kept and rejected rows to the segment's files.
 
     `lead` names the stage that produced the batches (ingest), whose own rejections count too.
     """
     counts = _Counts(([lead] if lead else []) + [s.name for s in stages])
     writers: dict[str, pq.ParquetWriter] = {}
+    clock = time.perf_counter()
 
     def write(name: str, table: pa.Table) -> None:
         if name not in writers:
@@ -180,10 +189,12 @@ def _write_segment(batches: Iterator[StageResult], lead: str | None, stages: tup
         for result in batches:
             if lead:
                 counts.add(lead, result, result.kept.num_rows + result.rejected.num_rows)
+                clock = counts.tick(lead, clock)
             rejected, kept = [result.rejected], result.kept
             for stage in stages:
                 out = stage.process(kept)
                 counts.add(stage.name, out, kept.num_rows)
+                clock = counts.tick(stage.name, clock)
                 rejected.append(out.rejected)
                 kept = out.kept
             write(KEPT_FILE, conform(kept, KEPT_SCHEMA))
@@ -194,7 +205,7 @@ def _write_segment(batches: Iterator[StageResult], lead: str | None, stages: tup
     for name, schema in ((KEPT_FILE, KEPT_SCHEMA), (REJECTED_FILE, REJECTED_SCHEMA)):
         if name not in writers:
             pq.write_table(schema.empty_table(), folder / name, compression="zstd")
-    return counts.lines()
+    return counts
 
 
 def _finished_counts(run: RunDir, plan: Plan, index: int) -> list[dict] | None:
@@ -209,10 +220,12 @@ def _finished_counts(run: RunDir, plan: Plan, index: int) -> list[dict] | None:
 
 
 @ray.remote(num_cpus=1)
-def _run_piece(root: str, plan: Plan, index: int) -> list[dict]:
-    """Every segment of one piece (skipping finished ones); returns the per-stage counts."""
+def _run_piece(root: str, plan: Plan, index: int) -> tuple[list[dict], dict[str, float]]:
+    """Every segment of one piece (skipping finished ones); returns the per-stage counts and the
+    seconds each stage took here (timings stay out of markers, which must not change on a rerun)."""
     run, piece = RunDir(root), plan.pieces[index]
     lines: list[dict] = []
+    seconds: Counter[str] = Counter()
     previous: Path | None = None
     for segment, fingerprint in zip(plan.segments, plan.segment_fingerprints(index)):
         folder = run.segment_piece(segment.name, index)
@@ -225,20 +238,24 @@ def _run_piece(root: str, plan: Plan, index: int) -> list[dict]:
                 else:
                     batches, lead = _kept_batches(previous / KEPT_FILE), None
                 counts = _write_segment(batches, lead, segment.stages, tmp)
-                marker.update(fingerprint=fingerprint, counts=[c.model_dump(by_alias=True) for c in counts])
+                marker.update(fingerprint=fingerprint,
+                              counts=[c.model_dump(by_alias=True) for c in counts.lines()])
+            seconds.update(counts.seconds)
             done = marker
         lines += done["counts"]
         previous = folder
-    return lines
+    return lines, dict(seconds)
 
 
-def run_row_local(run: RunDir, plan: Plan, max_in_flight: int) -> list[StageCount]:
-    """The fused row-local pass over every piece; returns each stage's count summed over pieces.
+def run_row_local(run: RunDir, plan: Plan, max_in_flight: int) -> tuple[list[StageCount], dict[str, float]]:
+    """The fused row-local pass over every piece; returns each stage's count summed over pieces, and
+    the seconds each stage spent in the pieces run now (summed over workers).
 
     Pieces that finished earlier are counted from their markers without a task; the rest run as
     Ray tasks, at most `max_in_flight` at a time, so memory stays flat however many pieces there are.
     """
     totals: dict[str, StageCount] = {}
+    seconds: Counter[str] = Counter()
 
     def add(lines: list[dict]) -> None:
         for line in lines:
@@ -256,18 +273,20 @@ def run_row_local(run: RunDir, plan: Plan, max_in_flight: int) -> list[StageCoun
         log.info("row-local stages: %d of %d pieces finished earlier, skipped",
                  len(plan.pieces) - len(todo), len(plan.pieces))
     progress = Progress("row-local stages", total_items=len(todo),
-                        total_bytes=sum(_piece_bytes(plan.pieces[i]) for i in todo))
+                        total_bytes=sum(_piece_bytes(plan.pieces[i]) for i in todo), unit="pieces")
     ref, pending = ray.put(plan), {}
     for i in todo + [None] * max_in_flight:
         if i is not None:
             pending[_run_piece.remote(str(run.root), ref, i)] = i
         if pending and (i is None or len(pending) >= max_in_flight):
             ready, _ = ray.wait(list(pending), num_returns=1)
-            add(ray.get(ready[0]))
+            lines, spent = ray.get(ready[0])
+            add(lines)
+            seconds.update(spent)
             progress.advance(1, _piece_bytes(plan.pieces[pending.pop(ready[0])]))
     progress.close()
     row_local = plan.stage_names()[: 1 + sum(len(s.stages) for s in plan.segments)]
-    return [totals.get(name, StageCount.of(name, 0, 0, {})) for name in row_local]
+    return [totals.get(name, StageCount.of(name, 0, 0, {})) for name in row_local], dict(seconds)
 
 
 def _piece_bytes(piece: Piece) -> int:

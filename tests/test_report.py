@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ClassifierConfig, LangIdConfig, RulesConfig
-from pipeline.ledger import StageCount, StageResult, count_reasons
+from pipeline.ledger import StageCount, StageResult, count_reasons, rejected_rows
 from pipeline.schema import DOC_SCHEMA
 from pipeline.summary import build_summary
 from quality import classifier, report
@@ -36,6 +37,17 @@ def _table(rows: list[tuple[str, str]], source: str) -> pa.Table:
 def _write(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
+
+
+def _exact_dedup(table: pa.Table) -> StageResult:
+    """Exact dedup's decisions (keyed by row) applied to one table, as the core's filter applies them."""
+    rows = table.append_column("_piece", pa.array([0] * table.num_rows, pa.int32())).append_column(
+        "_row", pa.array(range(table.num_rows), pa.int32()))
+    decisions = exact_dedup.process(rows).decisions  # in row order
+    hit = pc.is_in(rows["_row"], decisions["_row"])
+    return StageResult(kept=table.filter(pc.invert(hit)),
+                       rejected=rejected_rows(table.filter(hit), "exact_dedup", "exact_duplicate",
+                                              duplicate_of=decisions["duplicate_of"]))
 
 
 def _token_shards(run: Path, kept: pa.Table, tokenizer_json: Path, shards: int = 4) -> None:
@@ -64,7 +76,7 @@ def run_dir(shared_data, tmp_path_factory) -> Path:
     model = run.parent / f"{run.name}-quality.bin"
     classifier.train_texts(wiki_paragraphs(shared_data)[80:], negative, model, epoch=5, dim=32)
     steps = [
-        ("exact_dedup", exact_dedup.dedup),
+        ("exact_dedup", _exact_dedup),
         ("langid", lambda t: langid_stage.process(t, LangIdConfig(model=str(
             shared_data / "fasttext-lid" / "lid.176.ftz"), allow=["en"], min_score=0.4))),
         ("rules", lambda t: rules_stage.process(t, RulesConfig(disable=["gopher.word_count", "c4.min_sentences"]))),

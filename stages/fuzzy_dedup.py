@@ -34,6 +34,7 @@ from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
 from stages.dedup.components import PART, by_partition, distributed_components, local_components
 from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, to_blobs
 from stages.dedup.keys import DECISION_SCHEMA, NEW, decisions, doc_keys, old_keys, parts
+from stages.dedup import lsh
 from stages.dedup.lsh import EDGE_SCHEMA, band_hashes, candidate_pairs, lsh_params
 from stages.dedup.minhash import MinHashParams, signatures
 from stages.dedup.store import (META, TextFiles, content_digest, find_index, index_parts, stage_fingerprint,
@@ -105,13 +106,10 @@ def sketch(rows: pa.Table, settings: Settings) -> pa.Table:
 
 def band_rows(docs: pa.Table, partitions: int = 1) -> pa.Table:
     """One row per (document, band), routed to a partition by its band hash."""
-    lengths = np.asarray(pc.list_value_length(docs[HASHES]), np.int64)
     flat = np.asarray(pc.list_flatten(docs[HASHES]), np.uint64)
-    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    band = (np.arange(len(flat)) - first).astype(np.int32)
-    return pa.table({"band": band, "band_hash": flat,
-                     "key": docs["key"].take(pa.array(np.repeat(np.arange(docs.num_rows), lengths))),
-                     PART: (flat % np.uint64(partitions)).astype(np.int32)})
+    hashes = flat.reshape(docs.num_rows, len(flat) // max(docs.num_rows, 1))  # every document has `bands` hashes
+    rows = lsh.band_rows(docs["key"], hashes)
+    return rows.append_column(PART, pa.array((np.asarray(rows["band_hash"]) % np.uint64(partitions)).astype(np.int32)))
 
 
 def old_docs(index: pa.Table, level: int) -> pa.Table:

@@ -226,3 +226,9 @@ def test_an_index_built_with_other_parameters_is_refused(ray_cluster, texts, tmp
               fuzzy={"num_perm": 64})
     with pytest.raises(ValueError, match="num_perm"):
         fuzzy_dedup.Earlier.load(tmp_path / "r1", fuzzy_dedup.Settings.from_config(FuzzyDedupConfig()))
+
+
+def test_no_rows_no_decisions():
+    rows = rows_table([("a", "1", "x")]).slice(0, 0)
+    assert fuzzy_dedup.process(rows, fuzzy_dedup.Settings.from_config(FuzzyDedupConfig())).decisions.num_rows == 0
+    assert exact_dedup.process(rows).decisions.num_rows == duplicate_ids.process(rows).num_rows == 0

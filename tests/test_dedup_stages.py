@@ -39,6 +39,8 @@ def test_reused_ids_across_sources_do_not_collide(ray_cluster, texts, tmp_path):
         {"source": "a", "id": "1"}, {"source": "b", "id": "2"}]
     got = run_stage(ray_cluster, fuzzy_dedup, tmp_path, write_pieces(tmp_path, rows))
     assert got.equals(pure.decisions)
+    written = pq.read_table(fuzzy_dedup.find_index(tmp_path, fuzzy_dedup.INDEX_DIR), schema=fuzzy_dedup.INDEX_SCHEMA)
+    assert written.sort_by([("file", "ascending"), ("row", "ascending")]).equals(pure.index)
 
 
 def test_exact_dedup_keys_on_source_and_id(ray_cluster, texts, tmp_path):

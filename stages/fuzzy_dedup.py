@@ -285,7 +285,8 @@ def _write_index(docs: ray.data.Dataset, rejected: ray.data.Dataset, folder: Pat
     def write(group: pa.Table) -> pa.Table:
         drop = group["_drop"]
         part = group[PART][0].as_py()
-        write_parquet(index_table(group.filter(pc.invert(drop)), group.filter(drop)), folder / f"part-{part:05d}.parquet")
+        index = index_table(group.filter(pc.invert(drop)), group.filter(drop))
+        write_parquet(index, folder / f"part-{part:05d}.parquet")
         return pa.table({"part": [part]})
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -142,7 +142,8 @@ def test_cli_overrides_are_validated():
 def test_verification_only_ever_splits_clusters(corpus):
     """Without verification every bucket pair counts, so each verified rejection stays rejected."""
     verified = fuzzy_dedup.process(corpus, fuzzy_dedup.Settings.from_config(FuzzyDedupConfig(threshold=0.5)))
-    unverified = fuzzy_dedup.process(corpus, fuzzy_dedup.Settings.from_config(FuzzyDedupConfig(threshold=0.5, verify=False)))
+    loose = FuzzyDedupConfig(threshold=0.5, verify=False)
+    unverified = fuzzy_dedup.process(corpus, fuzzy_dedup.Settings.from_config(loose))
     rows = lambda t: set(zip(t["_piece"].to_pylist(), t["_row"].to_pylist()))  # noqa: E731
     assert rows(verified.decisions) <= rows(unverified.decisions)
     assert verified.decisions.num_rows >= 20

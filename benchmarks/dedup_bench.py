@@ -138,7 +138,8 @@ def make_corpus(n_docs: int, threshold: float, seed: int = 0) -> pa.Table:
         truth.append(jaccard(*shingle_sets([bases[b], copy], params)))
     order = rng.permutation(len(texts))
     return pa.table({"id": [f"doc-{i:07d}" for i in range(len(texts))], "text": [texts[i] for i in order],
-                     "family": [family[i] for i in order], "true_jaccard": pa.array([truth[i] for i in order], pa.float64())})
+                     "family": [family[i] for i in order],
+                     "true_jaccard": pa.array([truth[i] for i in order], pa.float64())})
 
 
 # ---------------------------------------------------------------- methods

@@ -28,9 +28,10 @@ ROUTING_SEED = 20240601  # polars' hash is stable within one polars version: eno
 
 def process(rows: pa.Table) -> pa.Table:
     """Decisions for every record whose (source, id) an earlier record (in input order) already has."""
-    df = pl.from_arrow(rows.select(["source", "id", "origin", "_piece", "_row"])).sort(["source", "id", "_piece", "_row"])
-    df = df.with_columns(first=pl.col("origin").first().over(["source", "id"]),
-                         rank=pl.int_range(pl.len()).over(["source", "id"])).filter(pl.col("rank") > 0).sort(["_piece", "_row"])
+    ident = ["source", "id"]
+    df = pl.from_arrow(rows.select([*ident, "origin", "_piece", "_row"])).sort([*ident, "_piece", "_row"])
+    df = df.with_columns(first=pl.col("origin").first().over(ident), rank=pl.int_range(pl.len()).over(ident))
+    df = df.filter(pl.col("rank") > 0).sort(["_piece", "_row"])
     detail = pl.concat_str([pl.lit("id already used by the record at "), pl.col("first").fill_null("?")])
     out = df.select("_piece", "_row", reason=pl.lit(REASON), detail=detail, duplicate_of="id",
                     duplicate_of_source="source", cluster_id=pl.lit(None, pl.String))

@@ -118,6 +118,7 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.
         new_dir.mkdir(parents=True, exist_ok=True)
         if old_dir is not None:  # buckets this run adds nothing to keep their earlier file as it is
             for f in sorted(old_dir.glob("bucket-*.parquet")):
+                (new_dir / f.name).unlink(missing_ok=True)  # a retried attempt finds its own links
                 os.link(f, new_dir / f.name)
         tagged = ds.map_batches(tag, fn_kwargs={"keep": keep}, batch_format="pyarrow")
         out = tagged.groupby(BUCKET, num_partitions=PARTITIONS).map_groups(exact_dedup_bucket, batch_format="pyarrow")

@@ -34,6 +34,7 @@ from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
 from stages.dedup.components import PART, by_partition, distributed_components, local_components
 from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, to_blobs
 from stages.dedup.keys import DECISION_SCHEMA, NEW, decisions, doc_keys, old_keys, parts
+from stages.dedup import lsh
 from stages.dedup.lsh import EDGE_SCHEMA, band_hashes, candidate_pairs, lsh_params
 from stages.dedup.minhash import MinHashParams, signatures
 from stages.dedup.store import (META, TextFiles, content_digest, find_index, index_parts, stage_fingerprint,
@@ -105,13 +106,10 @@ def sketch(rows: pa.Table, settings: Settings) -> pa.Table:
 
 def band_rows(docs: pa.Table, partitions: int = 1) -> pa.Table:
     """One row per (document, band), routed to a partition by its band hash."""
-    lengths = np.asarray(pc.list_value_length(docs[HASHES]), np.int64)
     flat = np.asarray(pc.list_flatten(docs[HASHES]), np.uint64)
-    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    band = (np.arange(len(flat)) - first).astype(np.int32)
-    return pa.table({"band": band, "band_hash": flat,
-                     "key": docs["key"].take(pa.array(np.repeat(np.arange(docs.num_rows), lengths))),
-                     PART: (flat % np.uint64(partitions)).astype(np.int32)})
+    hashes = flat.reshape(docs.num_rows, len(flat) // max(docs.num_rows, 1))  # every document has `bands` hashes
+    rows = lsh.band_rows(docs["key"], hashes)
+    return rows.append_column(PART, pa.array((np.asarray(rows["band_hash"]) % np.uint64(partitions)).astype(np.int32)))
 
 
 def old_docs(index: pa.Table, level: int) -> pa.Table:
@@ -266,36 +264,33 @@ def _clusters(edges: ray.data.Dataset, clustering: str, detail: str) -> ray.data
     return components.map_batches(decisions, fn_kwargs={"reason": REASON, "detail": detail}, batch_format="pyarrow")
 
 
+_INDEX_ROW = pa.schema([("key", pa.string()), (HASHES, pa.list_(pa.uint64())), ("_piece", pa.int32()),
+                        ("_row", pa.int32()), ("_drop", pa.bool_()), (PART, pa.int32())])
+
+
 def _index_rows(batch: pa.Table) -> pa.Table:
-    """Documents (with band hashes) and rejections (without), keyed by location and routed by piece."""
-    if "key" in batch.column_names:
-        loc = pl.from_arrow(batch.select(["key"])).select(**parts(pl.col("key")))
-        return pa.table({"source": loc["source"].to_arrow(), "id": loc["id"].to_arrow(),
-                         "file": loc["file"].to_arrow(), "row": loc["row"].to_arrow(), HASHES: batch[HASHES],
-                         "_drop": pa.array([False] * batch.num_rows),
-                         PART: pc.remainder(loc["file"].to_arrow(), PARTITIONS).cast(pa.int32())}).cast(_INDEX_ROW)
-    n = batch.num_rows
-    return pa.table({"source": pa.nulls(n, pa.string()), "id": pa.nulls(n, pa.string()), "file": batch["_piece"],
-                     "row": batch["_row"], HASHES: pa.nulls(n, pa.list_(pa.uint64())), "_drop": pa.array([True] * n),
-                     PART: pc.remainder(batch["_piece"], PARTITIONS).cast(pa.int32())}).cast(_INDEX_ROW)
-
-
-_INDEX_ROW = pa.schema(list(INDEX_SCHEMA) + [("_drop", pa.bool_()), (PART, pa.int32())])
+    """Documents (key, band hashes) or rejections (_piece, _row) in one schema, routed by piece."""
+    n, docs = batch.num_rows, "key" in batch.column_names
+    return pa.table({
+        "key": batch["key"] if docs else pa.nulls(n, pa.string()),
+        HASHES: batch[HASHES] if docs else pa.nulls(n, pa.list_(pa.uint64())),
+        "_piece": batch["_piece"], "_row": pa.nulls(n, pa.int32()) if docs else batch["_row"],
+        "_drop": pa.array([not docs] * n, pa.bool_()), PART: pc.remainder(batch["_piece"], PARTITIONS),
+    }).cast(_INDEX_ROW)
 
 
 def _write_index(docs: ray.data.Dataset, rejected: ray.data.Dataset, folder: Path, meta: IndexMeta) -> None:
     """The band index of the documents this run keeps: one part per partition, then the metadata."""
 
     def write(group: pa.Table) -> pa.Table:
-        df = pl.from_arrow(group)
-        dropped = df.filter(pl.col("_drop")).select(["file", "row"])
-        kept = df.filter(~pl.col("_drop")).join(dropped, on=["file", "row"], how="anti").sort(["file", "row"])
-        part = int(df[PART][0])
-        write_parquet(kept.select(INDEX_SCHEMA.names).to_arrow().cast(INDEX_SCHEMA), folder / f"part-{part:05d}.parquet")
+        drop = group["_drop"]
+        part = group[PART][0].as_py()
+        index = index_table(group.filter(pc.invert(drop)), group.filter(drop))
+        write_parquet(index, folder / f"part-{part:05d}.parquet")
         return pa.table({"part": [part]})
 
     folder.mkdir(parents=True, exist_ok=True)
-    rows = docs.select_columns(["key", HASHES]).map_batches(_index_rows, batch_format="pyarrow").union(
+    rows = docs.select_columns(["key", HASHES, "_piece"]).map_batches(_index_rows, batch_format="pyarrow").union(
         rejected.select_columns(["_piece", "_row"]).map_batches(_index_rows, batch_format="pyarrow"))
     by_partition(rows, PARTITIONS).map_groups(write, batch_format="pyarrow").materialize()
     write_meta(folder, meta)

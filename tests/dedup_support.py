@@ -31,11 +31,13 @@ def edited(text: str, seed: int, fraction: float = 0.01) -> str:
     return " ".join(words)
 
 
-def rows_table(docs: list[tuple[str, str, str]], piece_size: int = 2, quality: list[float | None] | None = None) -> pa.Table:
+def rows_table(docs: list[tuple[str, str, str]], piece_size: int = 2,
+               quality: list[float | None] | None = None) -> pa.Table:
     """(source, id, text) documents as the core hands them over, `piece_size` rows per piece."""
     n = len(docs)
     return pa.table({
-        "source": [d[0] for d in docs], "id": [d[1] for d in docs], "text": pa.array([d[2] for d in docs], pa.large_string()),
+        "source": [d[0] for d in docs], "id": [d[1] for d in docs],
+        "text": pa.array([d[2] for d in docs], pa.large_string()),
         "quality_score": pa.array(quality or [None] * n, pa.float64()),
         "origin": [f"{d[0]}.jsonl:{i + 1}" for i, d in enumerate(docs)],
         "_piece": pa.array([i // piece_size for i in range(n)], pa.int32()),
@@ -71,5 +73,6 @@ def fates(decisions: pa.Table, rows: pa.Table) -> dict[tuple[str, str], str]:
     """(source, id) -> reason for the rejected rows (first record of a repeated id wins the name)."""
     where = {(p, r): (s, i) for s, i, p, r in zip(rows["source"].to_pylist(), rows["id"].to_pylist(),
                                                    rows["_piece"].to_pylist(), rows["_row"].to_pylist())}
-    return {where[(p, r)]: reason for p, r, reason in zip(decisions["_piece"].to_pylist(), decisions["_row"].to_pylist(),
-                                                         decisions["reason"].to_pylist())}
+    return {where[(p, r)]: reason for p, r, reason in zip(decisions["_piece"].to_pylist(),
+                                                           decisions["_row"].to_pylist(),
+                                                           decisions["reason"].to_pylist())}

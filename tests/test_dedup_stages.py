@@ -39,6 +39,8 @@ def test_reused_ids_across_sources_do_not_collide(ray_cluster, texts, tmp_path):
         {"source": "a", "id": "1"}, {"source": "b", "id": "2"}]
     got = run_stage(ray_cluster, fuzzy_dedup, tmp_path, write_pieces(tmp_path, rows))
     assert got.equals(pure.decisions)
+    written = pq.read_table(fuzzy_dedup.find_index(tmp_path, fuzzy_dedup.INDEX_DIR), schema=fuzzy_dedup.INDEX_SCHEMA)
+    assert written.sort_by([("file", "ascending"), ("row", "ascending")]).equals(pure.index)
 
 
 def test_exact_dedup_keys_on_source_and_id(ray_cluster, texts, tmp_path):
@@ -107,7 +109,8 @@ def test_bands_and_rows_give_recall_at_the_threshold():
     assert lsh_params(0.8, 128, 4, 8) == (4, 8)
 
 
-def _pair_at(texts: list[str], params: MinHashParams, target: float, minhash_says_above: bool) -> tuple[str, str, float]:
+def _pair_at(texts: list[str], params: MinHashParams, target: float,
+             minhash_says_above: bool) -> tuple[str, str, float]:
     """A real text and an edited copy whose exact Jaccard is within 0.03 of `target` and whose MinHash
     estimate falls on the other side of `target` from the truth."""
     for text in texts:
@@ -174,7 +177,8 @@ def test_against_an_earlier_run_verifies_exactly_and_chains(ray_cluster, texts, 
     index = pq.read_table(fuzzy_dedup.find_index(tmp_path / "r1", fuzzy_dedup.INDEX_DIR))
     assert index.num_rows == 6
 
-    second = rows_table([("b", "0", edited(texts[1], 5)), ("b", "1", texts[7]), ("b", "2", above[1]), ("b", "3", below[1])])
+    second = rows_table([("b", "0", edited(texts[1], 5)), ("b", "1", texts[7]), ("b", "2", above[1]),
+                         ("b", "3", below[1])])
     rows = write_pieces(tmp_path / "r2", second)
     got = run_stage(ray_cluster, fuzzy_dedup, tmp_path / "r2", rows, fuzzy={"against": str(tmp_path / "r1")})
     assert got.select(["_piece", "_row", "duplicate_of", "duplicate_of_source"]).to_pylist() == [
@@ -190,7 +194,8 @@ def test_against_an_earlier_run_verifies_exactly_and_chains(ray_cluster, texts, 
     assert (1, 1) in fates_rows(fuzzy_dedup.process(second, unverified, earlier).decisions)
 
     # a third run against the second also sees the first run's documents, through the chain
-    third = write_pieces(tmp_path / "r3", rows_table([("c", "0", edited(texts[3], 7)), ("c", "1", edited(texts[7], 8))]))
+    third = write_pieces(tmp_path / "r3", rows_table([("c", "0", edited(texts[3], 7)),
+                                                      ("c", "1", edited(texts[7], 8))]))
     got = run_stage(ray_cluster, fuzzy_dedup, tmp_path / "r3", third, fuzzy={"against": str(tmp_path / "r2")})
     assert got.select(["duplicate_of", "duplicate_of_source"]).to_pylist() == [
         {"duplicate_of": "3", "duplicate_of_source": "a"}, {"duplicate_of": "1", "duplicate_of_source": "b"}]
@@ -213,7 +218,8 @@ def test_fingerprint_follows_config_keep_and_the_earlier_index_content(ray_clust
     assert fuzzy_dedup.fingerprint(base) == fuzzy_dedup.fingerprint(parse_config({"out": "elsewhere"}))
     assert fuzzy_dedup.fingerprint(base) != fuzzy_dedup.fingerprint(parse_config({"dedup": {"keep": "longest"}}))
     assert exact_dedup.fingerprint(base) != exact_dedup.fingerprint(parse_config({"dedup": {"keep": "quality"}}))
-    run_stage(ray_cluster, fuzzy_dedup, tmp_path / "r1", write_pieces(tmp_path / "r1", rows_table([("a", "1", texts[0])])))
+    one = rows_table([("a", "1", texts[0])])
+    run_stage(ray_cluster, fuzzy_dedup, tmp_path / "r1", write_pieces(tmp_path / "r1", one))
     against = parse_config({"dedup": {"fuzzy": {"against": str(tmp_path / "r1")}}})
     before = fuzzy_dedup.fingerprint(against)
     part = sorted(fuzzy_dedup.find_index(tmp_path / "r1", fuzzy_dedup.INDEX_DIR).glob("*.parquet"))[0]
@@ -222,7 +228,14 @@ def test_fingerprint_follows_config_keep_and_the_earlier_index_content(ray_clust
 
 
 def test_an_index_built_with_other_parameters_is_refused(ray_cluster, texts, tmp_path):
-    run_stage(ray_cluster, fuzzy_dedup, tmp_path / "r1", write_pieces(tmp_path / "r1", rows_table([("a", "1", texts[0])])),
+    one = rows_table([("a", "1", texts[0])])
+    run_stage(ray_cluster, fuzzy_dedup, tmp_path / "r1", write_pieces(tmp_path / "r1", one),
               fuzzy={"num_perm": 64})
     with pytest.raises(ValueError, match="num_perm"):
         fuzzy_dedup.Earlier.load(tmp_path / "r1", fuzzy_dedup.Settings.from_config(FuzzyDedupConfig()))
+
+
+def test_no_rows_no_decisions():
+    rows = rows_table([("a", "1", "x")]).slice(0, 0)
+    assert fuzzy_dedup.process(rows, fuzzy_dedup.Settings.from_config(FuzzyDedupConfig())).decisions.num_rows == 0
+    assert exact_dedup.process(rows).decisions.num_rows == duplicate_ids.process(rows).num_rows == 0

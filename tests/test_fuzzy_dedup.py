@@ -11,7 +11,7 @@ from dedup_support import edited, fates, rows_table, run_stage, web_texts, write
 from pipeline.config import FuzzyDedupConfig, parse_config
 from stages import fuzzy_dedup
 from stages.dedup.components import distributed_components, local_components
-from stages.dedup.lsh import band_rows, candidate_pairs, collision_probability, lsh_params
+from stages.dedup.lsh import band_hashes, band_rows, candidate_pairs, collision_probability, lsh_params
 from stages.dedup.minhash import MinHashParams, shingle_hasher, shingle_hashes, shingle_lists, signatures
 
 SHORT = ["", "Tiny.", "two words", "Punctuation!!! only, here?"]
@@ -67,8 +67,7 @@ def test_detection_rate_follows_the_lsh_s_curve():
             tokens = [f"t{x}" for x in rng.choice(10**9, size=union, replace=False)]
             shared, rest, half = tokens[:common], tokens[common:], (union - common) // 2
             texts += [" ".join(shared + rest[:half]), " ".join(shared + rest[half:])]
-    hashes = band_rows(pa.array([str(i) for i in range(len(texts))]), signatures(texts, params), bands, rows)
-    per_doc = np.asarray(hashes["band_hash"]).reshape(len(texts), bands)
+    per_doc = band_hashes(signatures(texts, params), bands, rows)
     hit = (per_doc[0::2] == per_doc[1::2]).any(axis=1).reshape(len(levels), pairs).mean(axis=1)
     expected = collision_probability(np.array(levels), bands, rows)
     tolerance = 4 * np.sqrt(expected * (1 - expected) / pairs) + 0.03
@@ -85,12 +84,12 @@ def test_candidates_equal_datasketch_minhash_lsh(corpus):
         lsh.insert(key, MinHash(hashvalues=sig, seed=params.seed, scheme="affine32"))
     theirs = {tuple(sorted((k, other))) for k, sig in zip(keys, sigs)
               for other in lsh.query(MinHash(hashvalues=sig, seed=params.seed, scheme="affine32")) if other != k}
-    table = pl.from_arrow(band_rows(corpus["id"], sigs, bands, rows))
+    table = pl.from_arrow(band_rows(corpus["id"], band_hashes(sigs, bands, rows)))
     joined = table.join(table, on=["band", "band_hash"]).filter(pl.col("key") < pl.col("key_right"))
     ours = set(joined.select("key", "key_right").unique().iter_rows())
     assert len(ours) >= 20 and ours == theirs
     # small buckets yield exactly those pairs
-    found = candidate_pairs(band_rows(corpus["id"], sigs, bands, rows))
+    found = candidate_pairs(band_rows(corpus["id"], band_hashes(sigs, bands, rows)))
     assert {tuple(sorted(p)) for p in zip(found["node"].to_pylist(), found["root"].to_pylist())} == ours
 
 
@@ -143,7 +142,8 @@ def test_cli_overrides_are_validated():
 def test_verification_only_ever_splits_clusters(corpus):
     """Without verification every bucket pair counts, so each verified rejection stays rejected."""
     verified = fuzzy_dedup.process(corpus, fuzzy_dedup.Settings.from_config(FuzzyDedupConfig(threshold=0.5)))
-    unverified = fuzzy_dedup.process(corpus, fuzzy_dedup.Settings.from_config(FuzzyDedupConfig(threshold=0.5, verify=False)))
+    loose = FuzzyDedupConfig(threshold=0.5, verify=False)
+    unverified = fuzzy_dedup.process(corpus, fuzzy_dedup.Settings.from_config(loose))
     rows = lambda t: set(zip(t["_piece"].to_pylist(), t["_row"].to_pylist()))  # noqa: E731
     assert rows(verified.decisions) <= rows(unverified.decisions)
     assert verified.decisions.num_rows >= 20

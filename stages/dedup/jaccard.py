@@ -19,7 +19,9 @@ def shingle_sets(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, param
     """Each document's sorted, distinct shingle hashes."""
     hashes, doc = shingle_hashes(texts, params)
     packed = np.sort((doc.astype(np.uint64) << np.uint64(32)) | hashes.astype(np.uint64))
-    packed = packed[np.append(True, packed[1:] != packed[:-1])]  # np.unique's hashing is ~10x slower here
+    first = np.ones(len(packed), bool)  # sort and mask: np.unique's hashing is ~10x slower here
+    first[1:] = packed[1:] != packed[:-1]
+    packed = packed[first]
     owner = (packed >> np.uint64(32)).astype(np.int64)
     values = (packed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     bounds = np.searchsorted(owner, np.arange(len(texts) + 1))

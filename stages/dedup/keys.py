@@ -88,7 +88,8 @@ def parts(key: pl.Expr) -> dict[str, pl.Expr]:
 
 def cluster_ids(roots: pl.Series) -> pa.Array:
     """A stable id per cluster: the hash of its keeper's (source, id)."""
-    ident = pl.DataFrame({"root": roots}).select(**{k: v for k, v in parts(pl.col("root")).items() if k in ("source", "id")})
+    root = parts(pl.col("root"))
+    ident = pl.DataFrame({"root": roots}).select(source=root["source"], id=root["id"])
     return pa.array([xxhash.xxh64_hexdigest(f"{s}\x00{i}".encode()) for s, i in ident.iter_rows()], pa.string())
 
 

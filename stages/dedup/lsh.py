@@ -62,15 +62,11 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return _fmix(h, FMIX64, U64)
 
 
-def band_rows(keys: pa.Array | pa.ChunkedArray, signatures: np.ndarray, bands: int, rows: int) -> pa.Table:
-    """One row per (doc, band): the LSH index's rows, doc-major."""
-    hashes = band_hashes(signatures, bands, rows)
-    return pa.table(
-        [pa.array(np.tile(np.arange(bands, dtype=np.int32), len(signatures))),
-         pa.array(hashes.reshape(-1)),
-         pa.array(np.repeat(np.asarray(keys.to_pylist(), dtype=object), bands), pa.string())],
-        schema=BAND_ROW_SCHEMA,
-    )
+def band_rows(keys: pa.Array | pa.ChunkedArray, hashes: np.ndarray) -> pa.Table:
+    """One row per (doc, band) from (n, bands) band hashes: the LSH index's rows, doc-major."""
+    n, bands = hashes.shape
+    return pa.table([pa.array(np.tile(np.arange(bands, dtype=np.int32), n)), pa.array(hashes.reshape(-1)),
+                     keys.take(pa.array(np.repeat(np.arange(n), bands)))], schema=BAND_ROW_SCHEMA)
 
 
 def candidate_pairs(rows: pa.Table, wanted: pl.Expr | None = None) -> pa.Table:

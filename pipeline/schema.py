@@ -39,6 +39,11 @@ LEDGER_FIELDS = [
 LEDGER_COLUMNS = [f.name for f in LEDGER_FIELDS]
 REJECTED_SCHEMA = pa.schema(list(KEPT_SCHEMA) + LEDGER_FIELDS)
 
+# What a shuffle stage (dedup) returns for each row it rejects: the row's place in its piece and the
+# ledger columns; the runner applies these to the pieces.
+DECISION_SCHEMA = pa.schema([("_piece", pa.int32()), ("_row", pa.int32())]
+                            + [f for f in LEDGER_FIELDS if f.name != "stage"])
+
 
 def conform(table: pa.Table, schema: pa.Schema, extras: str | None = SIGNAL_PREFIX) -> pa.Table:
     """`table` in exactly `schema` (missing columns null, unknown ones dropped), plus any columns

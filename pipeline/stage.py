@@ -31,16 +31,12 @@ from pipeline.ledger import LedgerMismatch, StageCount, StageResult, rejected_ro
 from pipeline.progress import Progress
 from pipeline.readers.pieces import Piece, count_records, read_piece
 from pipeline.rundir import RunDir, atomic_dir, read_marker
-from pipeline.schema import DOC_SCHEMA, KEPT_SCHEMA, REJECTED_SCHEMA, conform
+from pipeline.schema import DECISION_SCHEMA, DOC_SCHEMA, KEPT_SCHEMA, REJECTED_SCHEMA, conform
 
 log = logging.getLogger("sluice")
 
 INGEST = "ingest"
 KEPT_FILE, REJECTED_FILE = "kept.parquet", "rejected.parquet"
-ROW_KEY = ("_piece", "_row", "_file")  # how a shuffle stage's rows point back into their piece
-DECISION_SCHEMA = pa.schema([
-    ("_piece", pa.int32()), ("_row", pa.int32()), ("reason", pa.string()), ("detail", pa.string()),
-    ("duplicate_of", pa.string()), ("duplicate_of_source", pa.string()), ("cluster_id", pa.string())])
 
 
 class PlanError(ValueError):

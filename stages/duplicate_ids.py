@@ -16,7 +16,7 @@ import ray
 
 from pipeline.config import SluiceConfig
 from stages.dedup.components import PART
-from stages.dedup.keys import DECISION_SCHEMA
+from pipeline.schema import DECISION_SCHEMA
 from stages.dedup.store import stage_fingerprint
 
 STAGE = "duplicate_id"

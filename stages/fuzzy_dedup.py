@@ -33,7 +33,8 @@ import ray
 from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
 from stages.dedup.components import PART, by_partition, distributed_components, local_components
 from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, to_blobs
-from stages.dedup.keys import DECISION_SCHEMA, NEW, decisions, doc_keys, old_keys, parts
+from pipeline.schema import DECISION_SCHEMA
+from stages.dedup.keys import NEW, decisions, doc_keys, old_keys, parts
 from stages.dedup import lsh
 from stages.dedup.lsh import EDGE_SCHEMA, band_hashes, candidate_pairs, lsh_params
 from stages.dedup.minhash import MinHashParams, signatures

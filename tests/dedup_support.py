@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import parse_config
-from stages.dedup.keys import DECISION_SCHEMA
+from pipeline.schema import DECISION_SCHEMA
 
 
 def web_texts(shared: Path, n: int, min_words: int = 300) -> list[str]:

@@ -148,3 +148,54 @@ def test_a_changed_rule_reruns_from_the_rules_on_and_skips_ingest_and_clean(tmp_
     assert summary.rejected_by_reason == {"gopher.word_count": 40}
     changed = {p.relative_to(tmp_path / "run").parts[:2] for p, old in markers.items() if p.read_bytes() != old}
     assert changed == {("pieces", "judge"), ("stages", "duplicate_id"), ("stages", "exact_dedup"), ("stages", "final")}
+
+
+def test_reused_ids_in_two_sources_never_share_a_fate_through_sluice_run(tmp_path):
+    """(a,"1",T), (a,"2",near copy of T), (b,"2",unrelated): only (a,"2") is a near duplicate."""
+    words = ("the harbour town woke slowly while fishing boats came back with the tide and the market "
+             "stalls opened one by one under a grey sky that promised rain before noon").split()
+    text = " ".join(words * 3)
+    near = text.rsplit(" ", 1)[0] + " tomorrow"
+    (tmp_path / "a.jsonl").write_text(json.dumps({"id": "1", "text": text}) + "\n"
+                                      + json.dumps({"id": "2", "text": near}) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"id": "2", "text": "An unrelated note about trains, "
+                                                  "timetables and the night service to the coast."}) + "\n")
+    cfg = config([{"path": str(tmp_path / "a.jsonl")}, {"path": str(tmp_path / "b.jsonl")}], tmp_path / "run",
+                 dedup={"fuzzy": {"enabled": True}})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(tmp_path / "c.yaml")], cwd=ROOT,
+                          env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rejected = pq.read_table(tmp_path / "run" / "rejected").to_pylist()
+    assert [(r["source"], r["id"], r["reason"], r["duplicate_of_source"], r["duplicate_of"]) for r in rejected] == [
+        ("a", "2", "near_duplicate", "a", "1")]
+    kept = pq.read_table(tmp_path / "run" / "kept")
+    assert sorted(zip(kept["source"].to_pylist(), kept["id"].to_pylist())) == [("a", "1"), ("b", "2")]
+
+
+def test_youtube_repeated_ids_are_rejected_and_every_other_row_judged_by_its_own_text(
+        shared_data, tmp_path, ray_cluster, prefect_harness):
+    """Two YouTube exports repeat a comment id (3 ids): each later record is a `duplicate_id` naming the
+    first's file and line; exact dedup decides every other row by its own cleaned text, the keeper of
+    each text being its smallest (source, id)."""
+    files = sorted((shared_data / "youtube-spam").glob("*.csv"))
+    inputs = [{"path": str(f), "text_field": "CONTENT", "id_field": "COMMENT_ID"} for f in files]
+    run_curate(config(inputs, tmp_path / "run"))
+    cleaned = [r for f in sorted((tmp_path / "run" / "pieces" / "read").glob("*/kept.parquet"))
+               for r in pq.read_table(f).to_pylist()]  # ingest + clean output, in input order
+    first_origin: dict[tuple[str, str], str] = {}
+    for r in cleaned:
+        first_origin.setdefault((r["source"], r["id"]), r["origin"])
+    rejected = pq.read_table(tmp_path / "run" / "rejected").to_pylist()
+    repeats = {(r["source"], r["id"]): r["detail"] for r in rejected if r["reason"] == "duplicate_id"}
+    assert len(repeats) == 3
+    for key, detail in repeats.items():
+        assert detail.endswith(first_origin[key]) and ".csv:" in first_origin[key]
+    rows = [(r["source"], r["id"], r["text"]) for r in cleaned if r["origin"] == first_origin[(r["source"], r["id"])]]
+    keeper: dict[str, tuple[str, str]] = {}
+    for source, doc_id, text in sorted(rows):
+        keeper.setdefault(text, (source, doc_id))
+    expected = {(s, i): keeper[t] for s, i, t in rows if keeper[t] != (s, i)}
+    found = {(r["source"], r["id"]): (r["duplicate_of_source"], r["duplicate_of"]) for r in rejected
+             if r["reason"] == "exact_duplicate"}
+    assert found == expected and expected

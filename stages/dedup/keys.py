@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from pipeline.config import KeepPolicy
+from pipeline.schema import DECISION_SCHEMA
 
 OLD, NEW = "0", "1"
 RANK_WIDTH = 16
@@ -28,10 +29,6 @@ NO_RANK = "0" * RANK_WIDTH
 LEVEL_DIGITS, FILE_DIGITS, ROW_DIGITS = 3, 10, 10
 LOC_WIDTH = LEVEL_DIGITS + FILE_DIGITS + ROW_DIGITS
 QUALITY = "quality_score"
-DECISION_SCHEMA = pa.schema([
-    ("_piece", pa.int32()), ("_row", pa.int32()), ("reason", pa.string()), ("detail", pa.string()),
-    ("duplicate_of", pa.string()), ("duplicate_of_source", pa.string()), ("cluster_id", pa.string()),
-])
 
 
 def _descending(values: np.ndarray) -> list[str]:

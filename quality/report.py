@@ -377,7 +377,10 @@ def render_html(data: RunData, title: str) -> str:
     ]
     langs = language_counts(data)
     if langs:
-        parts.append(_section("Language distribution", _fig(language_figure(langs))))
+        scores = data.kept["lang_score"].drop_nulls()
+        note = f'<p class="note">Median language-ID score of kept documents: {scores.median():.3f}.</p>' \
+            if scores.len() else ""
+        parts.append(_section("Language distribution", _fig(language_figure(langs)), note))
     parts.append(_section("Document length", _fig(length_figure(
         data.kept["length"].drop_nulls().to_numpy(), data.rejected["length"].drop_nulls().to_numpy()))))
     kept_scores, rejected_scores = (df["quality_score"].drop_nulls().to_numpy() for df in (data.kept, data.rejected))

@@ -386,8 +386,8 @@ def render_html(data: RunData, title: str) -> str:
     kept_scores, rejected_scores = (df["quality_score"].drop_nulls().to_numpy() for df in (data.kept, data.rejected))
     if kept_scores.size or rejected_scores.size:
         parts.append(_section("Quality score", _fig(quality_figure(kept_scores, rejected_scores)), (
-            f'<p class="note">Calibrated probability of high quality (quality/models/MODEL_CARD.md); '
-            f"rejected: every rejected document that was scored, whatever rejected it.</p>")))
+            '<p class="note">Calibrated probability of high quality (quality/models/MODEL_CARD.md); '
+            "rejected: every rejected document that was scored, whatever rejected it.</p>")))
     removal = label_removal(data.kept["label"], data.rejected)
     if removal:
         parts.append(_section("Removal by label", _table(

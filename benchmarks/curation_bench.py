@@ -2,6 +2,10 @@
 MoE trained on raw vs curated shards at the same token budget, scored on held-out clean text.
 
     .venv/bin/python benchmarks/curation_bench.py [--quick] [--json OUT.json] [--work DIR] [--data DIR]
+        [--steps N] [--seeds K] [--curate-only] [--no-rules]
+
+A rerun with the same --work reuses what is finished (`sluice run` skips finished stages, a
+finished training run is not retrained), so `--seeds 2` after `--quick` trains only the new seed.
 
 1. The mix (from ../shared/data, every document labelled by how it was made, in `label`, which the
    reader keeps in `meta`): clean documents are reference-quality English the shipped classifier never
@@ -44,11 +48,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.democorpus import near_duplicate  # noqa: E402
-from quality import default_model  # noqa: E402
-from quality.classifier import DEFAULT_MODEL  # noqa: E402
-from quality.report import CLEAN_LABEL, label_removal, load_run  # noqa: E402
-from quality.rules import RULES, evaluate  # noqa: E402
+from pipeline.democorpus import near_duplicate
+from quality import default_model
+from quality.classifier import DEFAULT_MODEL
+from quality.report import CLEAN_LABEL, label_removal, load_run
+from quality.rules import RULES, evaluate
 
 DATA = ROOT.parent / "shared" / "data"
 # Share of each junk kind in the mix, as a fraction of the clean documents' count.
@@ -293,6 +297,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="training steps per run (default 40 quick, 300 full)")
     ap.add_argument("--seeds", type=int, default=None, help="training seeds (default 1 quick, 3 full)")
     ap.add_argument("--curate-only", action="store_true", help="stop after the curation figures (no training)")
+    ap.add_argument("--no-rules", action="store_true", help="skip the per-rule evidence table (minutes on 2 cores)")
     args = ap.parse_args()
     steps = args.steps or (40 if args.quick else 300)
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
@@ -319,7 +324,8 @@ def main() -> None:
         reasons = ", ".join(f"{reason} {n}" for reason, n in r.top_reasons)
         print(f"| {r.label} | {r.docs:,} | {r.removed:,} | {r.recall:.3f} | {precision} | {reasons} |")
 
-    print_rule_evidence(mix, kinds)
+    if not args.no_rules:
+        print_rule_evidence(mix, kinds)
 
     if args.curate_only:
         return

@@ -138,7 +138,7 @@ class Calibration(BaseModel):
         return expit(self.a * _logit(np.asarray(raw, dtype=np.float64)) + self.b)
 
     @classmethod
-    def fit(cls, raw: np.ndarray, labels: np.ndarray, label: str = POSITIVE) -> "Calibration":
+    def fit(cls, raw: np.ndarray, labels: np.ndarray, label: str = POSITIVE) -> Calibration:
         """Maximum-likelihood (a, b) under balanced class weights (a convex loss: one optimum)."""
         labels = np.asarray(labels, dtype=bool)
         x = _logit(np.asarray(raw, dtype=np.float64))

@@ -26,8 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.rundir import atomic_write_bytes
-from quality.classifier import (DEFAULT_MODEL, DEFAULT_THRESHOLD, POSITIVE, SPLITS, ClassifierMetrics, TrainParams,
-                                score, sidecar, train_on_splits)
+from quality.classifier import (
+    DEFAULT_MODEL,
+    DEFAULT_THRESHOLD,
+    SPLITS,
+    ClassifierMetrics,
+    TrainParams,
+    score,
+    sidecar,
+    train_on_splits,
+)
 
 # Shipped hyper-parameters. 64 dims and bigrams as in DCLM's fastText filter (which used 256 dims on
 # far more data); quantised to the 30k most useful rows: a 1.5 MB .ftz, metrics as unquantised.

@@ -359,14 +359,17 @@ def render_html(data: RunData, title: str) -> str:
     ]
     langs = language_counts(data)
     if langs:
-        parts.append(_section("Language distribution", _fig(language_figure(langs))))
+        scores = data.kept["lang_score"].drop_nulls()
+        note = f'<p class="note">Median language-ID score of kept documents: {scores.median():.3f}.</p>' \
+            if scores.len() else ""
+        parts.append(_section("Language distribution", _fig(language_figure(langs)), note))
     parts.append(_section("Document length", _fig(length_figure(
         data.kept["length"].drop_nulls().to_numpy(), data.rejected["length"].drop_nulls().to_numpy()))))
     kept_scores, rejected_scores = (df["quality_score"].drop_nulls().to_numpy() for df in (data.kept, data.rejected))
     if kept_scores.size or rejected_scores.size:
         parts.append(_section("Quality score", _fig(quality_figure(kept_scores, rejected_scores)), (
-            f'<p class="note">Calibrated probability of high quality (quality/models/MODEL_CARD.md); '
-            f"rejected: every rejected document that was scored, whatever rejected it.</p>")))
+            '<p class="note">Calibrated probability of high quality (quality/models/MODEL_CARD.md); '
+            "rejected: every rejected document that was scored, whatever rejected it.</p>")))
     removal = label_removal(data.kept["label"], data.rejected)
     if removal:
         parts.append(_section("Removal by label", _table(

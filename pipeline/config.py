@@ -230,10 +230,6 @@ class TrainConfig(Section):
         return self
 
 
-class OutputConfig(Section):
-    partitions: int = Field(8, ge=1, description="files per kept/rejected folder; fixed so output never depends on workers")
-
-
 class SluiceConfig(Section):
     """The whole run."""
 
@@ -247,7 +243,6 @@ class SluiceConfig(Section):
     tokenize: TokenizeConfig = TokenizeConfig()
     shard: ShardConfig = ShardConfig()
     train: TrainConfig = TrainConfig()
-    output: OutputConfig = OutputConfig()
 
     def section_hash(self, *paths: str) -> str:
         """A stable hash of the named sections (dotted paths), used to tell whether finished work is still valid."""

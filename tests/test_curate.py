@@ -24,7 +24,7 @@ SPINE_ONLY = {"quality": {"langid": {"enabled": False}, "rules": {"enabled": Fal
 
 
 def config(inputs: list[dict], out: Path, **extra) -> dict:
-    return {"out": str(out), "inputs": inputs, "output": {"partitions": 4}, **SPINE_ONLY, **extra}
+    return {"out": str(out), "inputs": inputs, **SPINE_ONLY, **extra}
 
 
 def run_curate(cfg: dict) -> dict:

@@ -35,7 +35,6 @@ def pipeline_config(shared: Path, out: Path, **extra) -> dict:
         "inputs": [{"path": str(shared / "cc-web-docs"), "source": "cc", "url_field": "metadata.url"},
                    {"path": str(shared / "warc-samples" / "*.warc.gz"), "source": "warc"},
                    {"path": str(shared / "sms-spam" / "SMSSpamCollection.tsv"), "text_field": "SMS", "id_field": None}],
-        "output": {"partitions": 4},
         "ingest": {"piece_bytes": 256 * 1024},  # several pieces per large file, so the chaos has places to hit
         "tokenize": {"vocab_size": 2000, "train_sample_docs": 2000},
         "shard": {"tokens_per_shard": 100_000},
@@ -69,8 +68,7 @@ def test_full_pipeline_loses_nothing(reference):
 def test_bad_input_matrix_through_the_full_pipeline_loses_nothing(bad_inputs, tmp_path, ray_cluster, prefect_harness):
     from flows.pipeline import pipeline_flow
 
-    cfg = {"out": str(tmp_path / "run"), "inputs": [{"path": str(bad_inputs)}], "output": {"partitions": 2},
-           "tokenize": {"vocab_size": 300}}
+    cfg = {"out": str(tmp_path / "run"), "inputs": [{"path": str(bad_inputs)}], "tokenize": {"vocab_size": 300}}
     summary = pipeline_flow(parse_config(cfg))["summary"]
     rejected = pq.read_table(tmp_path / "run" / "rejected")
     assert summary.inputs == summary.kept + rejected.num_rows

@@ -159,7 +159,7 @@ def test_run_through_ray_address_matches_the_embedded_cluster(shared_data, user_
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
         "inputs": [{"path": str(corpus)}], "tokenize": {"enabled": False},
-        "ray": {"dashboard": False, "num_cpus": 2}, "output": {"partitions": 2},
+        "ray": {"dashboard": False, "num_cpus": 2},
     }))
     env = user_env(user_home)
 

@@ -103,7 +103,7 @@ def test_sigkill_of_sluice_run_mid_stage_leaves_no_process(tmp_path):
     out = tmp_path / "run"
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(yaml.safe_dump({"out": str(out), "inputs": [{"path": str(tmp_path / "corpus" / "web")}],
-                                        "ray": {"num_cpus": 2}, "output": {"partitions": 2}}))
+                                        "ray": {"num_cpus": 2}}))
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(cfg_file)], cwd=ROOT, env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -105,7 +105,7 @@ def served(tmp_path_factory):
     shutil.copy(first, incoming / first.name)
     root = tmp_path / "root"
     cfg = {"out": str(root), "inputs": [{"path": str(incoming), "source": "web"}],
-           "ray": {"num_cpus": 2, "dashboard": False}, "output": {"partitions": 2},
+           "ray": {"num_cpus": 2, "dashboard": False},
            "tokenize": {"vocab_size": 1000}, "dedup": {"fuzzy": {"threshold": 0.7}}}
     cfg_file = tmp_path / "serve.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))

@@ -76,16 +76,18 @@ def run(
     cfg = _load(config, inputs=inputs, out=out)
     if not cfg.inputs:
         _fail("no inputs: give a config with `inputs:` or at least one --input PATH")
-    from flows.processes import start_watchdog
-
-    start_watchdog()  # Prefect's ephemeral server and Ray's daemons go when this process goes, even by SIGKILL
     _run_pipeline(cfg)
 
 
 def _start_ray(cfg: SluiceConfig) -> None:
-    """Start (or join) Ray once, before any flow runs: a missing auth token stops here, not in a stage."""
+    """Start (or join) Ray once, before any flow runs: a missing auth token stops here, not in a stage.
+
+    A watchdog starts first, so Prefect's ephemeral server and Ray's daemons go when this process
+    goes, even by SIGKILL."""
+    from flows.processes import start_watchdog
     from pipeline.runtime import RayAuthError, start_ray
 
+    start_watchdog()
     try:
         start_ray(cfg.ray)
     except RayAuthError as err:

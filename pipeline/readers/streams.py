@@ -158,17 +158,20 @@ class ByteReader:
             kept.add(part)
             if end >= 0:
                 break
-            try:
-                more = self._fill()
-            except TruncatedStream as err:
-                err.partial = kept.value()
-                raise
-            if not more:
+            if not self._more(kept):
                 if not length:
                     return None
                 break
         self.number += 1
         return Line(self.number - 1, start, kept.value(), length, blank)
+
+    def _more(self, kept: _Prefix) -> bool:
+        """Refill the buffer; a truncated stream's error carries what was kept of the unfinished part."""
+        try:
+            return self._fill()
+        except TruncatedStream as err:
+            err.partial = kept.value()
+            raise
 
     def rewind(self, data: bytes) -> None:
         """Put back `data`, the last bytes consumed, which start a line: a reader that went too far
@@ -181,14 +184,8 @@ class ByteReader:
         """Consume up to `n` bytes; returns the first `keep` of them and how many there were."""
         kept, got = _Prefix(keep), 0
         while got < n:
-            if self._at == len(self._buf):
-                try:
-                    more = self._fill()
-                except TruncatedStream as err:
-                    err.partial = kept.value()
-                    raise
-                if not more:
-                    break
+            if self._at == len(self._buf) and not self._more(kept):
+                break
             part = self._take(n - got)
             got += len(part)
             kept.add(part)

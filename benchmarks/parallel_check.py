@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks.train_bench import write_token_shards  # noqa: E402
-from pipeline.config import parse_config  # noqa: E402
+from pipeline.config import RayConfig, parse_config  # noqa: E402
 from pipeline.rundir import atomic_write_json  # noqa: E402
+from pipeline.runtime import start_ray  # noqa: E402
 from stages.train.loop import Trainer, open_loaders, read_metrics, train  # noqa: E402
 
 # Measured on this project's 2-core CPU: 1.6e-7 over 10 steps (see docs/notes-train.md); the bound
@@ -41,6 +42,7 @@ TOLERANCE = 1e-4
 VOCAB = 512
 TRAIN = {"preset": "tiny", "seq_len": 32, "steps": 10, "lr": 3e-3, "warmup_steps": 2, "val_fraction": 0.0,
          "checkpoint_every": 5, "report_every": 5, "max_failures": 1, "cpus_per_worker": 0.5}
+RAY = {"num_cpus": 2, "dashboard": False}  # an embedded cluster of this machine's 2 cores
 STRATEGIES = {
     "single": {"num_workers": 1, "batch_size": 8},
     "fsdp2": {"num_workers": 2, "batch_size": 4, "fsdp": True},
@@ -59,7 +61,7 @@ def run_losses(strategy: str, shard_dir: Path, run_dir: Path, **overrides) -> li
     Rerunning with the same run dir resumes from that run's last checkpoint, whatever the strategy
     and worker count of the rerun."""
     train_cfg = TRAIN | STRATEGIES[strategy] | {"run_name": strategy} | overrides
-    config = parse_config({"ray": {"num_cpus": 2, "dashboard": False}, "train": train_cfg})
+    config = parse_config({"ray": RAY, "train": train_cfg})
     train(config, shard_dir, run_dir)
     return [row["loss"] for row in read_metrics(Path(run_dir) / "train" / "metrics.jsonl")]
 
@@ -101,6 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
+    start_ray(RayConfig(**RAY))  # here, as a flow does: the stages expect Ray up
     with tempfile.TemporaryDirectory() as tmp:
         try:
             result = compare(Path(tmp), args.steps)

@@ -80,6 +80,9 @@ def load(directory: Path, trainer: Trainer, rank: int) -> dict:
     the saved loader state. RNG states come back only when the worker count is unchanged (training
     itself draws no random numbers; they matter to anything added that does)."""
     directory = Path(directory)
+    if not (directory / TRAINER_STATE).is_file():
+        raise ValueError(f"{directory} is not a sharded Sluice checkpoint (no {TRAINER_STATE}); checkpoints "
+                         "written before DCP (trainer.pt) cannot be resumed: start a new train.run_name")
     meta = json.loads((directory / TRAINER_STATE).read_text())
     tensors, _ = _tensors(trainer)  # the layout this run wants; DCP fills it from whatever was saved
     dcp.load(tensors, checkpoint_id=directory)

@@ -168,12 +168,10 @@ def tokenize(
 ) -> None:
     """Tokenize a curated run's kept documents into Arrow shards with a manifest (RUN_DIR/shards)."""
     from flows.tokenize import tokenize_flow
-    from pipeline.runtime import start_ray
 
     cfg = _load(config)
     _start_ray(cfg)
     try:
-        start_ray(cfg.ray)
         shard_dir = tokenize_flow(cfg, str(run_dir), str(tokenizer) if tokenizer else None)
     except FileNotFoundError as err:
         _fail(str(err))

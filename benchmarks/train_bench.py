@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.manifest import ShardManifest, TokenizerInfo, write_manifest  # noqa: E402
-from stages.shard import shard_name, token_dtype, write_shard  # noqa: E402
+from pipeline.shardfile import shard_name, token_dtype, write_shard  # noqa: E402
 from stages.train.loop import Trainer, model_config, open_loaders  # noqa: E402
 from stages.train.model import count_params, flops_per_token, grouped_mm_supported  # noqa: E402
 

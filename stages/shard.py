@@ -1,11 +1,7 @@
-"""Token shards: uncompressed Arrow IPC files a training job memory-maps, described by one manifest.
+"""Sharding: which shard each document goes to, and `sluice inspect` (the file format is
+`pipeline.shardfile`, the manifest `pipeline.manifest`).
 
-    SHARDS/shard-00000.arrow   columns doc_id (string), tokens (list<uint16|uint32>), one record batch
-    SHARDS/tokenizer.json      the tokenizer that made them (its sha256 is in the manifest)
-    SHARDS/manifest.json       written last: `pipeline.manifest.ShardManifest`
-
-Each shard is one record batch so its token values are a single contiguous buffer (one zero-copy
-numpy view), and its bytes depend only on the documents and their order, never on how they arrived.
+A shard's bytes depend only on the documents and their order, never on how they arrived.
 Shards are numbered globally and tagged with a manifest `version`: an incremental run appends shards
 under version + 1 (`stages.tokenize.append_shards`) and never rewrites earlier ones.
 
@@ -20,44 +16,16 @@ workers in parallel and nobody holds the corpus.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 
-from pipeline.manifest import ShardEntry, ShardError, read_manifest, shard_path
-from pipeline.rundir import atomic_write_bytes
+from pipeline.manifest import read_manifest, shard_path
+from pipeline.shardfile import open_shard, token_view
 
-TOKENIZER_FILE = "tokenizer.json"
-SHARD_GLOB = "shard-*.arrow"
-Verify = Literal["size", "sha256"]
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The narrowest unsigned type holding every id: uint16 halves the bytes for vocabularies <= 65,536."""
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
-def shard_schema(dtype: np.dtype) -> pa.Schema:
-    return pa.schema([pa.field("doc_id", pa.string(), nullable=False),
-                      pa.field("tokens", pa.list_(pa.from_numpy_dtype(dtype)), nullable=False)])
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}.arrow"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def shard_of(starts: np.ndarray, tokens_per_shard: int) -> np.ndarray:
@@ -99,53 +67,6 @@ def window_documents(docs: pa.Table, window: ShardWindow, tokens_per_shard: int,
     lengths = pc.list_value_length(docs["tokens"]).to_numpy()[order]
     starts = window.base + np.cumsum(lengths, dtype=np.int64) - lengths
     return docs.take(order[shard_of(starts, tokens_per_shard) == window.index])
-
-
-def write_shard(path: Path, docs: pa.Table, version: int, dtype: np.dtype) -> ShardEntry:
-    """Write ordered documents (doc_id, source, tokens) as one shard file, atomically; return its entry."""
-    docs = docs.combine_chunks()
-    lengths = pc.list_value_length(docs["tokens"])
-    sources = pa.table({"source": docs["source"], "n": lengths}).group_by("source").aggregate([("n", "sum")])
-    schema = shard_schema(dtype)
-    batch = pa.record_batch([docs["doc_id"].chunk(0), docs["tokens"].chunk(0)],
-                            schema=schema)
-    sink = pa.BufferOutputStream()
-    with ipc.new_file(sink, schema, options=ipc.IpcWriteOptions(compression=None)) as writer:
-        writer.write_batch(batch)
-    data = sink.getvalue()
-    atomic_write_bytes(path, data)
-    return ShardEntry(file=path.name, version=version, docs=docs.num_rows, tokens=int(pc.sum(lengths).as_py() or 0),
-                      bytes=data.size, dtype=dtype.name, sha256=hashlib.sha256(data).hexdigest(),
-                      sources=dict(sorted(zip(sources["source"].to_pylist(), sources["n_sum"].to_pylist()))))
-
-
-def open_shard(shard_dir: str | Path, entry: ShardEntry, verify: Verify = "size") -> list[pa.RecordBatch]:
-    """Memory-map one manifest shard after checking it is there, whole and (optionally) unaltered."""
-    path = shard_path(shard_dir, entry.file)
-    if not path.is_file():
-        raise ShardError(f"shard {entry.file} is missing from {shard_dir}")
-    size = path.stat().st_size
-    if size != entry.bytes:
-        raise ShardError(f"shard {entry.file} is corrupt: {size} bytes, manifest says {entry.bytes}")
-    if verify == "sha256" and file_sha256(path) != entry.sha256:
-        raise ShardError(f"shard {entry.file} is corrupt: sha256 differs from the manifest")
-    try:
-        reader = ipc.open_file(pa.memory_map(str(path), "r"))
-        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-    except (pa.ArrowInvalid, OSError) as err:
-        raise ShardError(f"shard {entry.file} is corrupt: {err}") from None
-    tokens = sum(len(b.column("tokens").values) for b in batches)
-    if tokens != entry.tokens:
-        raise ShardError(f"shard {entry.file} is corrupt: {tokens} tokens, manifest says {entry.tokens}")
-    return batches
-
-
-def token_view(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-copy numpy views of a shard batch: all token values, and document offsets into them."""
-    tokens = batch.column("tokens")
-    offsets = tokens.offsets.to_numpy()
-    values = tokens.values.to_numpy(zero_copy_only=True)
-    return values[offsets[0]:offsets[-1]], offsets - offsets[0]
 
 
 def inspect_shards(shard_dir: str | Path, samples: int = 3, width: int = 40) -> str:

@@ -55,8 +55,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from pipeline.config import SluiceConfig, TokenizeConfig
 from pipeline.manifest import (FORMAT, MANIFEST, ShardEntry, ShardError, ShardManifest, TokenizerInfo,
                                read_manifest, write_manifest)
-from stages.shard import (SHARD_GLOB, TOKENIZER_FILE, ShardWindow, file_sha256, plan_windows, shard_name,
-                          token_dtype, window_documents, write_shard)
+from pipeline.shardfile import SHARD_GLOB, TOKENIZER_FILE, file_sha256, shard_name, token_dtype, write_shard
+from stages.shard import ShardWindow, plan_windows, window_documents
 
 log = logging.getLogger("sluice")
 

@@ -13,7 +13,8 @@ from tokenizers import Tokenizer
 
 from pipeline.manifest import (ManifestVersion, ShardError, ShardManifest, TokenizerInfo, read_manifest,
                                write_manifest)
-from stages.shard import file_sha256, shard_name, shard_of, write_shard
+from pipeline.shardfile import file_sha256, shard_name, write_shard
+from stages.shard import shard_of
 from stages.tokenize import tokenize_docs
 from stages.train.data import ShardLoader, TokenStream, open_loaders
 

@@ -20,7 +20,8 @@ from flows.cli import app
 from pipeline.config import SluiceConfig
 from pipeline.manifest import ShardError, read_manifest
 from pipeline.schema import DOC_SCHEMA
-from stages.shard import file_sha256, inspect_shards, open_shard, token_view
+from pipeline.shardfile import file_sha256, open_shard, token_view
+from stages.shard import inspect_shards
 from stages.tokenize import append_shards, hash_keys, resolve_eod, sample_texts, tokenize_run, train_bpe
 from stages.train.data import NewShardVersion, open_loaders
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.manifest import read_manifest
-from stages.shard import Verify, open_shard, token_view
+from pipeline.shardfile import Verify, open_shard, token_view
 
 
 class NewShardVersion(ValueError):

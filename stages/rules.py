@@ -29,7 +29,7 @@ def applies(batch: pa.Table, cfg: RulesConfig) -> pa.ChunkedArray | pa.Array:
 
 def process(batch: pa.Table, cfg: RulesConfig) -> StageResult:
     judged = applies(batch, cfg)
-    if not cfg.signals_only and not pc.all(judged).as_py():
+    if not cfg.signals_only and pc.all(judged).as_py() is False:  # (null for an empty chunked array)
         inner = process(batch.filter(judged), cfg)
         return StageResult(kept=pa.concat_tables([inner.kept, batch.filter(pc.invert(judged))]),
                            rejected=inner.rejected)

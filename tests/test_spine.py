@@ -175,3 +175,16 @@ def test_safe_join_refuses_escapes(tmp_path):
     for bad in ("../x", "/etc/passwd", "a/../../x"):
         with pytest.raises(ValueError, match="escapes"):
             safe_join(tmp_path, bad)
+
+
+def test_every_row_local_stage_takes_an_empty_batch():
+    """A piece's batch can be empty (everything before was rejected): no stage may choke or loop on it."""
+    from pipeline.config import QualityConfig
+    from pipeline.schema import KEPT_SCHEMA
+    from stages import langid, quality, rules
+
+    q = QualityConfig()
+    empty = pa.Table.from_batches([], KEPT_SCHEMA)  # zero chunks, as a filter of everything leaves it
+    for stage in (clean.build(CleanConfig()), langid.build(q.langid), rules.build(q.rules), quality.build(q.classifier)):
+        out = stage.process(empty)
+        assert out.kept.num_rows == out.rejected.num_rows == 0, stage.name

@@ -23,8 +23,13 @@ console = Console()
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)])
+    """Rich log lines in a terminal; plain timestamped lines, one per record and never wrapped, when
+    the output goes to a file or a scheduler's log."""
+    if console.is_terminal:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s",
+                            handlers=[RichHandler(console=console, show_path=False)])
+    else:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("sluice").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 

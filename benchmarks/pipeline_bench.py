@@ -310,14 +310,14 @@ def _rules_eval():
 
 
 def _minhash():
-    from stages.minhash import MinHashParams, signatures
+    from stages.dedup.minhash import MinHashParams, signatures
 
     return lambda texts: signatures(texts, MinHashParams())
 
 
 def sluice_lsh(threshold: float, num_perm: int) -> tuple[int, int]:
     """The (bands, rows) Sluice uses at this threshold, so the peers run at the same setting."""
-    from stages.lsh import lsh_params
+    from stages.dedup.lsh import lsh_params
 
     return lsh_params(threshold, num_perm)
 

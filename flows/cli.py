@@ -13,7 +13,7 @@ from rich.table import Table
 
 from pipeline.config import ConfigError, SluiceConfig, load_config
 from pipeline.readers import InputError
-from pipeline.rundir import RunLocked
+from pipeline.rundir import RunDir, RunLocked
 from pipeline.stage import PlanError
 from pipeline.summary import RunSummary, load_summary
 
@@ -209,7 +209,7 @@ def train(config: Annotated[Path, typer.Argument(help="config with a `train:` se
 
     cfg = _load(config)
     _start_ray(cfg)
-    final = train_flow(cfg, str(shards or Path(cfg.out) / "shards"), cfg.out)
+    final = train_flow(cfg, str(shards or RunDir(cfg.out).shards), cfg.out)
     for k, v in final.items():
         console.print(f"{k}: {v}")
 

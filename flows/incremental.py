@@ -60,10 +60,10 @@ def _run_batch(cfg: SluiceConfig, root: Path) -> dict:
     summary = curate(batch_config(cfg, batch_dir, state.last_batch_dir),
                      only=[f.path for f in new]).model_dump(by_alias=True)
     if cfg.tokenize.enabled and summary["kept"]:
-        manifest = append_shards(batch_dir, root / "shards", cfg)
+        manifest = append_shards(batch_dir, RunDir(root).shards, cfg)
         summary["manifest_version"] = manifest.version
         if cfg.train.enabled:  # continue the same run from its last checkpoint: `steps` more per version
             more = cfg.train.model_copy(update={"steps": cfg.train.steps * manifest.version})
-            summary["train"] = train_flow(cfg.model_copy(update={"train": more}), str(root / "shards"), str(root))
+            summary["train"] = train_flow(cfg.model_copy(update={"train": more}), str(RunDir(root).shards), str(root))
     state.record(batch_dir, new)
     return summary

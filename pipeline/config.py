@@ -77,7 +77,7 @@ class RayConfig(Section):
 class IngestConfig(Section):
     max_chars: int = Field(1_000_000, ge=1, description="longer documents are rejected as too_long")
     html_extractor: Literal["trafilatura", "resiliparse"] = "trafilatura"
-    piece_bytes: int = Field(64 << 20, ge=1, description="an uncompressed input file larger than this is read "
+    piece_bytes: int = Field(16 << 20, ge=1, description="an uncompressed input file larger than this is read "
                              "as several pieces in parallel (line starts, WARC records or Parquet row groups)")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.config import Section
 from pipeline.ledger import LedgerMismatch, StageCount
+from pipeline.rundir import RunDir
 
 
 class RunSummary(Section):
@@ -43,7 +44,7 @@ def build_summary(counts: list[StageCount]) -> RunSummary:
 
 
 def load_summary(run_dir: str | Path) -> RunSummary:
-    path = Path(run_dir) / "summary.json"
+    path = RunDir(run_dir).summary_file
     if not path.is_file():
         raise FileNotFoundError(f"no summary.json in {run_dir}: is it a finished Sluice run directory?")
     return RunSummary.model_validate_json(path.read_text())

@@ -53,6 +53,7 @@ import xxhash
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pipeline.config import SluiceConfig, TokenizeConfig
+from pipeline.rundir import RunDir, atomic_dir
 from pipeline.manifest import (FORMAT, MANIFEST, ShardEntry, ShardError, ShardManifest, TokenizerInfo,
                                read_manifest, write_manifest)
 from pipeline.shardfile import SHARD_GLOB, TOKENIZER_FILE, file_sha256, shard_name, token_dtype, write_shard
@@ -459,7 +460,7 @@ def finished_fingerprint(shard_dir: Path) -> str | None:
 
 
 def kept_files(run: Path) -> list[Path]:
-    files = sorted((run / "kept").glob("part-*.parquet"))
+    files = RunDir(run).kept_files()
     if not files:
         raise FileNotFoundError(f"{run}/kept has no part-*.parquet files: not a curated run")
     return files
@@ -475,18 +476,10 @@ def configured_tokenizer(config: SluiceConfig, tokenizer: str | None = None) -> 
 def build_shard_folder(files: list[Path], config: SluiceConfig, tokenizer_path: str | None, final: Path,
                        fingerprint: str, blocks: int | None) -> ShardManifest:
     """Build version 1 in a temporary sibling of `final`, manifest last, then rename it into place."""
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    tok = prepare_tokenizer(config.tokenize, files, tokenizer_path, tmp, blocks)
-    manifest = write_shards(files, config, tok, tmp, fingerprint, trained=not tokenizer_path, blocks=blocks)
-    write_manifest(tmp, manifest)
-    if final.exists():
-        trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        tok = prepare_tokenizer(config.tokenize, files, tokenizer_path, tmp, blocks)
+        manifest = write_shards(files, config, tok, tmp, fingerprint, trained=not tokenizer_path, blocks=blocks)
+        write_manifest(tmp, manifest)
     log.info("tokenize: %d docs, %d tokens in %d shards -> %s", manifest.docs, manifest.tokens,
              len(manifest.shards), final)
     return manifest
@@ -502,7 +495,7 @@ def tokenize_run(run_dir: str | Path, config: SluiceConfig, tokenizer: str | Non
     files = kept_files(run)
     tokenizer_path = configured_tokenizer(config, tokenizer)
     fingerprint = shard_fingerprint(config, files, tokenizer_path)
-    final = run / "shards"
+    final = RunDir(run).shards
     if finished_fingerprint(final) == fingerprint:
         log.info("tokenize: %s finished earlier with the same fingerprint, skipped", final)
         return final

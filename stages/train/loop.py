@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from pipeline.config import SluiceConfig, TrainConfig
-from pipeline.rundir import atomic_write_bytes, atomic_write_json
+from pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_json
 from stages.train import checkpoint, data
 from stages.train.data import ShardLoader
 from stages.train.model import (ModelConfig, MoETransformer, RoutedExperts, count_params, flops_per_token,
@@ -269,7 +269,7 @@ def train(config: SluiceConfig, shard_dir: Path, run_dir: Path) -> dict:
 
     cfg = config.train
     check_layout(cfg, model_config(cfg, vocab_size=2))  # before any worker starts
-    out_dir = (Path(run_dir) / "train").resolve()
+    out_dir = RunDir(run_dir).train.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # Each ray.train.report waits for the controller's poll (2 s by default); poll faster.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")

@@ -22,7 +22,7 @@ finished training run is not retrained), so `--seeds 2` after `--quick` trains o
 4. Per junk kind: removal recall, and precision against clean (see quality/report.py `label_removal`);
    the noise share of the kept set (target < 5 %) and the share of clean documents kept (>= 90 %).
 5. Per rule alone, over the mix: what it removes from clean and from each junk kind (the evidence
-   for the rule defaults in docs/notes-quality.md).
+   for the rule defaults in the README).
 6. `sluice train` runs the tiny MoE on each arm's shards, same steps x batch x seq_len tokens and
    seed, for each seed; the held-out loss is the mean next-token cross-entropy over fixed windows of
    the held-out texts, from each run's final weights.

@@ -35,7 +35,7 @@ from pipeline.rundir import atomic_write_json  # noqa: E402
 from pipeline.runtime import start_ray  # noqa: E402
 from stages.train.loop import Trainer, open_loaders, read_metrics, train  # noqa: E402
 
-# Measured on this project's 2-core CPU: 1.6e-7 over 10 steps (see docs/notes-train.md); the bound
+# Measured on this project's 2-core CPU: 1.6e-7 over 10 steps (see the README); the bound
 # leaves room for other BLAS builds while staying far below what a wrong gradient scale, a dropped
 # token or a missed micro-batch produces (>1e-2 from the first steps on).
 TOLERANCE = 1e-4

@@ -136,7 +136,7 @@ class LangIdConfig(Section):
 
 # C4's terminal-punctuation line pass cuts 18 % of clean text (every paragraph ending in a name, a
 # caption, a curly quote) and, with it, `c4.min_sentences` rejects 6 % of clean documents that no other
-# rule does; FineWeb dropped the line pass for the same reason. Evidence: docs/notes-quality.md.
+# rule does; FineWeb dropped the line pass for the same reason. Evidence: README, "Quality".
 DEFAULT_DISABLED_RULES = ("c4.terminal_punct", "c4.min_sentences")
 
 

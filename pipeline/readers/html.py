@@ -1,6 +1,6 @@
 """HTML to main text. Default: trafilatura's standard settings (neither favor_precision nor favor_recall)
 without comments: favor_precision wins by 0.006 F1 on the one public set here and loses by 0.021 on a
-second one, so no variant wins on more than one set (docs/notes-runtime.md, benchmarks/extraction_bench.py).
+second one, so no variant wins on more than one set (README, benchmarks/extraction_bench.py).
 resiliparse is about 3x faster with clearly lower precision; it is used when
 `ingest.html_extractor: resiliparse` and installed (the `bench` extra).
 """

@@ -1,6 +1,6 @@
 """How much device memory each parallel strategy needs per device, computed from a model config.
 
-    python -m stages.train.sizing [--seq-len 2048] [--micro-batch 8]    # the table in docs/notes-train.md
+    python -m stages.train.sizing [--seq-len 2048] [--micro-batch 8]    # the table in the README
 
 An estimate for planning, not a measurement. Its assumptions:
 - training state, 16 bytes per parameter a device holds: fp32 master weights (4), fp32 gradients (4),

@@ -380,6 +380,9 @@ def _apply(root: str, plan: Plan, index: int, folder: str) -> None:
         rejected.append(rejected_rows(rows, stage.name, d["reason"], d["detail"], d["duplicate_of"],
                                       d["cluster_id"], d["duplicate_of_source"]))
         dropped = pa.concat_arrays([dropped, d["_row"].combine_chunks()])
+    if len(pc.unique(dropped)) != len(dropped) or (len(dropped) and pc.max(dropped).as_py() >= kept.num_rows):
+        raise LedgerMismatch(f"piece {index}: the dedup decisions name a row twice or a row the piece lacks, "
+                             "so a document would end in two places or none")
     mask = pc.invert(pc.is_in(pa.array(range(kept.num_rows), pa.int32()), dropped))
     out = Path(folder)
     pq.write_table(kept.filter(mask), RunDir.part_file(out / "kept", index), compression="zstd")

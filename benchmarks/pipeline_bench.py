@@ -12,7 +12,9 @@ For each corpus size this script
      raylet; anything that left the tree but kept the session is counted too, and said so);
   3. times, in this process, the one-process floor of each row-local stage's core (fastText predict,
      `quality.rules.evaluate`, MinHash signatures, `Tokenizer.encode_batch`) on a sample of the corpus,
-     and divides each stage's rate (its documents in over its time, from the run's log) by it;
+     and divides each stage's rate (its documents in over its time, from the run's run_info.json) by it:
+     a row-local stage's time is its share of the fused pass's wall time (the rate a user sees on all
+     cores), and its rate per worker is printed beside it;
   4. runs rensa + its LSH and datasketch `MinHash.bulk` + `MinHashLSH` on the same corpus, each in a
      fresh process measured the same way, at the (bands, rows) Sluice uses, and prints Sluice's ratio to each.
 
@@ -53,6 +55,9 @@ CORPUS_VERSION = 1  # bump when the generator changes, so cached corpora are reb
 SAMPLE_S = 0.2
 FLOOR_SAMPLE = 2000
 WORD = re.compile(r"\w+")
+ROW_LOCAL = ("ingest", "clean", "langid", "rules", "quality")  # fused: work seconds, and one wall for the pass
+ROW_LOCAL_WALL = "row-local pass"  # flows.curate.ROW_LOCAL_WALL; not imported, as the peers' runs of this
+# script would then load Prefect and Ray and be measured with them
 ROW_LOCAL_FLOORS = {"langid": "fastText predict", "rules": "rules evaluate", "fuzzy_dedup": "MinHash signatures",
                     "tokenize": "encode_batch"}
 
@@ -423,23 +428,36 @@ def run_size(n_docs: int, args) -> dict:
 
 
 def stage_ratios(result: dict, summary: dict | None) -> dict:
-    """Per stage of `sluice run`: seconds, docs/s, and the ratio to its floor where it has one."""
+    """Per stage of `sluice run`: seconds, docs/s, and the ratio to its floor where it has one.
+
+    The row-local stages run fused, so each has work seconds (summed over workers) but no wall time
+    of its own: its wall share is its part of the work times the fused pass's wall time, which gives
+    the rate a user sees on this machine's cores; the work-seconds rate is the rate per worker.
+    """
     run = result["runs"].get("sluice run")
     if not run:
         return {}
     docs_in = {s["stage"]: s["in"] for s in (summary or {}).get("stages", [])}
     tokens = result.get("tokens")
+    times = run["stage_seconds"]
+    pass_wall = times.get(ROW_LOCAL_WALL)
+    work = sum(times.get(stage, 0.0) for stage in ROW_LOCAL)
     stages = {}
-    for stage, seconds in run["stage_seconds"].items():
+    for stage, seconds in times.items():
         entry = {"seconds": seconds}
         if stage == "tokenize" and tokens and seconds > 0:
             entry["tokens_per_s"] = tokens / seconds
             floor = result["floors"].get("encode_batch tokens/s")
             entry["ratio_to_floor"] = entry["tokens_per_s"] / floor if floor else None
         elif stage in docs_in and seconds > 0:
-            entry["docs_per_s"] = docs_in[stage] / seconds
             floor = result["floors"].get(ROW_LOCAL_FLOORS.get(stage, ""))
+            wall = seconds / work * pass_wall if stage in ROW_LOCAL and pass_wall and work else seconds
+            entry["docs_per_s"] = docs_in[stage] / wall
             entry["ratio_to_floor"] = entry["docs_per_s"] / floor if floor else None
+            if stage in ROW_LOCAL:
+                entry["wall_share_s"] = wall
+                entry["docs_per_s_per_worker"] = docs_in[stage] / seconds
+                entry["ratio_per_worker"] = entry["docs_per_s_per_worker"] / floor if floor else None
         stages[stage] = entry
     return stages
 
@@ -464,15 +482,21 @@ def print_size(result: dict, bands: int, rows: int) -> None:
             print(f"{name}: measured {', '.join(core)} and {workers} distinct ray:: worker titles; found only by "
                   f"session (re-parented): {', '.join(r['session_only']) or 'none'}")
     if result["stages"]:
-        print("\n| stage of `sluice run` | seconds | rate | floor (one process) | ratio to floor |")
-        print("|---|---:|---:|---:|---:|")
+        print(f"\n| stage of `sluice run` | seconds | rate | floor (one process) | ratio to floor | per worker |")
+        print("|---|---:|---:|---:|---:|---:|")
         for stage, s in result["stages"].items():
             floor_name = ROW_LOCAL_FLOORS.get(stage, "")
             floor = result["floors"].get("encode_batch tokens/s" if stage == "tokenize" else floor_name)
             rate = (f"{s['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in s else
                     f"{s['docs_per_s']:,.0f} docs/s" if "docs_per_s" in s else "")
             ratio = f"{s['ratio_to_floor']:.2f}x" if s.get("ratio_to_floor") else ""
-            print(f"| {stage} | {s['seconds']:,.1f} | {rate} | {f'{floor:,.0f} ({floor_name})' if floor else ''} | {ratio} |")
+            per_worker = f"{s['ratio_per_worker']:.2f}x" if s.get("ratio_per_worker") else ""
+            seconds = f"{s['wall_share_s']:,.1f} of wall ({s['seconds']:,.1f} work)" if "wall_share_s" in s \
+                else f"{s['seconds']:,.1f}"
+            print(f"| {stage} | {seconds} | {rate} | {f'{floor:,.0f} ({floor_name})' if floor else ''} | {ratio} "
+                  f"| {per_worker} |")
+        print(f"row-local stages: fused in one pass of {result['runs']['sluice run']['stage_seconds'].get(ROW_LOCAL_WALL, 0):,.1f} s "
+              "wall; each stage's wall share is its part of the pass's work seconds")
 
 
 def main() -> None:

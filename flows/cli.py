@@ -75,34 +75,37 @@ def run(
     config: Annotated[Optional[Path], typer.Argument(help="YAML config; omit to use the defaults")] = None,
     input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="input file/folder/glob (repeatable)")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="run directory")] = None,
+    dashboard: DashboardOption = None,
 ) -> None:
     """Run the pipeline on a config, or on the defaults over the given --input paths."""
     inputs = [{"path": p} for p in input] if input else None
     cfg = _load(config, inputs=inputs, out=out)
     if not cfg.inputs:
         _fail("no inputs: give a config with `inputs:` or at least one --input PATH")
-    _run_pipeline(cfg)
+    _run_pipeline(cfg, dashboard)
 
 
-def _start_ray(cfg: SluiceConfig) -> None:
-    """Start (or join) Ray once, before any flow runs: a missing auth token stops here, not in a stage.
+DashboardOption = Annotated[Optional[bool], typer.Option(
+    "--dashboard/--no-dashboard", help="start Ray's dashboard to watch the run (default: `ray.dashboard`, off)")]
 
-    A watchdog starts first, so Prefect's ephemeral server and Ray's daemons go when this process
-    goes, even by SIGKILL."""
-    from flows.processes import start_watchdog
-    from pipeline.runtime import RayAuthError, start_ray
 
-    start_watchdog()
+def _start_services(cfg: SluiceConfig, dashboard: bool | None = None) -> None:
+    """Start (or join) Ray once, with Prefect's API beside it, before any flow runs: a missing auth
+    token stops here, not in a stage (see flows/startup.py). `dashboard` overrides `ray.dashboard`."""
+    from flows.startup import start_services
+    from pipeline.runtime import RayAuthError
+
+    ray_config = cfg.ray if dashboard is None else cfg.ray.model_copy(update={"dashboard": dashboard})
     try:
-        start_ray(cfg.ray)
+        start_services(ray_config)
     except RayAuthError as err:
         _fail(str(err))
 
 
-def _run_pipeline(cfg: SluiceConfig) -> dict:
+def _run_pipeline(cfg: SluiceConfig, dashboard: bool | None = None) -> dict:
     from flows.pipeline import pipeline_flow
 
-    _start_ray(cfg)
+    _start_services(cfg, dashboard)
     try:
         result = pipeline_flow(cfg)
     except (InputError, ConfigError, RunLocked, PlanError) as err:
@@ -150,6 +153,7 @@ def dedup(
     threshold: Annotated[Optional[float], typer.Option(help="Jaccard threshold")] = None,
     num_perm: Annotated[Optional[int], typer.Option(help="MinHash permutations")] = None,
     ngram: Annotated[Optional[int], typer.Option(help="shingle size")] = None,
+    dashboard: DashboardOption = None,
 ) -> None:
     """Ingest + exact + fuzzy dedup alone: kept/, rejected/ (duplicate_of, cluster_id), summary.json."""
     from flows.curate import curate
@@ -159,7 +163,7 @@ def dedup(
                 quality={"langid": {"enabled": False}, "rules": {"enabled": False}, "classifier": {"enabled": False}})
     try:
         cfg = configure(cfg, threshold=threshold, num_perm=num_perm, ngram=ngram)
-        _start_ray(cfg)
+        _start_services(cfg, dashboard)
         print_summary(curate(cfg))
     except (InputError, ValueError) as err:
         _fail(str(err))
@@ -175,7 +179,7 @@ def tokenize(
     from flows.tokenize import tokenize_flow
 
     cfg = _load(config)
-    _start_ray(cfg)
+    _start_services(cfg)
     try:
         shard_dir = tokenize_flow(cfg, str(run_dir), str(tokenizer) if tokenizer else None)
     except FileNotFoundError as err:
@@ -208,7 +212,7 @@ def train(config: Annotated[Path, typer.Argument(help="config with a `train:` se
     from flows.train import train_flow
 
     cfg = _load(config)
-    _start_ray(cfg)
+    _start_services(cfg)
     final = train_flow(cfg, str(shards or RunDir(cfg.out).shards), cfg.out)
     for k, v in final.items():
         console.print(f"{k}: {v}")

@@ -5,7 +5,6 @@ kill (or on a schedule) resumes rather than redoes.
 """
 from __future__ import annotations
 
-import json
 import time
 
 from prefect import flow
@@ -14,7 +13,7 @@ from flows.curate import curate
 from flows.tokenize import tokenize_flow
 from flows.train import train_flow
 from pipeline.config import SluiceConfig
-from pipeline.rundir import RunDir, atomic_write_json
+from pipeline.rundir import RunDir
 from quality.report import write_report
 
 
@@ -25,19 +24,11 @@ def pipeline_flow(cfg: SluiceConfig) -> dict:
     with run.lock():
         result = {"summary": curate(cfg)}
         if cfg.tokenize.enabled and result["summary"].kept:
-            started = time.perf_counter()
             result["shards"] = tokenize_flow(cfg, cfg.out)
-            _record_seconds(run, "tokenize", time.perf_counter() - started)
             if cfg.train.enabled:
                 started = time.perf_counter()
                 result["train"] = train_flow(cfg, result["shards"], cfg.out)
-                _record_seconds(run, "train", time.perf_counter() - started)
+                run.add_stage_seconds({"train": time.perf_counter() - started})
             write_report(cfg.out)  # again, now with the shards' token counts
     return result
 
-
-def _record_seconds(run: RunDir, stage: str, seconds: float) -> None:
-    """Add a stage's wall seconds to the run's run_info.json (which curate wrote)."""
-    info = json.loads(run.run_info_file.read_text())
-    info.setdefault("stage_seconds", {})[stage] = round(seconds, 3)
-    atomic_write_json(run.run_info_file, info)

@@ -8,12 +8,15 @@ from prefect.artifacts import create_markdown_artifact
 
 from pipeline.config import SluiceConfig
 from pipeline.manifest import MANIFEST, read_manifest
+from pipeline.rundir import RunDir
 from stages.tokenize import tokenize_run
 
 
 @flow(name="tokenize")
 def tokenize_flow(cfg: SluiceConfig, run_dir: str, tokenizer: str | None = None) -> str:
-    shard_dir = tokenize_run(Path(run_dir), cfg, tokenizer)
+    seconds: dict[str, float] = {}
+    shard_dir = tokenize_run(Path(run_dir), cfg, tokenizer, seconds=seconds)
+    RunDir(run_dir).add_stage_seconds(seconds)
     m = read_manifest(shard_dir)
     rows = "\n".join(f"| {s.file} | {s.tokens:,} | {s.docs:,} |" for s in m.shards)
     create_markdown_artifact(

@@ -67,7 +67,8 @@ class RayConfig(Section):
 
     address: str | None = Field(None, description="join an existing cluster; RAY_ADDRESS also works")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for the embedded local cluster")
-    dashboard: bool = True
+    dashboard: bool = Field(False, description="start Ray's dashboard (127.0.0.1) to watch a run: about 1 GB "
+                            "more memory in ten extra processes, so off unless asked for")
     dashboard_port: int | None = Field(
         None, ge=0, le=65535, description="null: 8265, or the next free port when another Ray holds it")
     allow_unauthenticated: bool = Field(
@@ -77,7 +78,7 @@ class RayConfig(Section):
 class IngestConfig(Section):
     max_chars: int = Field(1_000_000, ge=1, description="longer documents are rejected as too_long")
     html_extractor: Literal["trafilatura", "resiliparse"] = "trafilatura"
-    piece_bytes: int = Field(16 << 20, ge=1, description="an uncompressed input file larger than this is read "
+    piece_bytes: int = Field(8 << 20, ge=1, description="an uncompressed input file larger than this is read "
                              "as several pieces in parallel (line starts, WARC records or Parquet row groups)")
 
 

@@ -174,6 +174,12 @@ class RunDir:
     def kept_files(self) -> list[Path]:
         return sorted(self.kept.glob("*.parquet"))
 
+    def add_stage_seconds(self, seconds: dict[str, float]) -> None:
+        """Merge stages' wall seconds into run_info.json (started by curate; a later step adds its own)."""
+        info = json.loads(self.run_info_file.read_text()) if self.run_info_file.is_file() else {}
+        info.setdefault("stage_seconds", {}).update({k: round(v, 3) for k, v in seconds.items()})
+        atomic_write_json(self.run_info_file, info)
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive use of the run directory by this process; a second run fails at once, naming the holder."""

@@ -127,6 +127,8 @@ def start_ray(cfg: RayConfig | None = None) -> str | None:
     url = dashboard_url()
     if url:
         log.info("Ray dashboard: %s (auth token in %s)", url, TOKEN_PATH)
+    elif not remote:
+        log.info("Ray dashboard off (`ray.dashboard: true` in the config, or --dashboard, to watch the run)")
     return url
 
 

@@ -47,6 +47,10 @@ REASON = "near_duplicate"
 INDEX_DIR = "band_index"
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
 PARTITIONS = 8  # shuffle partitions and index parts; fixed, so the index never depends on workers
+# Pair ends (each with its document's shingle set) per verification group: about 100 MB of sets.
+ENDS_PER_PARTITION = 50_000
+# Documents whose shingle sets are built at once: the hashing's temporaries are many times the text.
+ATTACH_BATCH = 2_000
 # Up to this many verified edges, `clustering: auto` finds components on the driver.
 AUTO_LOCAL_EDGES = 2_000_000
 HASHES = "band_hashes"
@@ -218,6 +222,13 @@ def _read_old_docs(part_list: pa.Table) -> pa.Table:
 
 # ---------------------------------------------------------------- Ray wiring
 
+def verify_partitions(pairs: int) -> int:
+    """Partitions of the verification shuffles: enough that a group's shingle sets stay about the
+    same size however many candidate pairs the corpus has (so a worker's memory stays flat). A
+    function of the pairs alone, never of the workers; the decisions do not depend on it."""
+    return max(PARTITIONS, -(-2 * pairs // ENDS_PER_PARTITION))
+
+
 def _route(df: pl.DataFrame, column: str, partitions: int) -> pl.DataFrame:
     return df.with_columns((pl.col(column).hash(20240601) % partitions).cast(pl.Int32).alias(PART))
 
@@ -236,7 +247,10 @@ def _attach_sets(group: pa.Table, files: TextFiles, params: MinHashParams, parti
     """The shingle set of each end, re-read from its file, routed by pair for verification."""
     df = pl.from_arrow(group.select(["node", "root", "doc"])).unique()
     docs = df["doc"].unique().sort().to_list()
-    blobs = dict(zip(docs, to_blobs(shingle_sets(files.texts(docs), params)).to_pylist()))
+    blobs = {}
+    for i in range(0, len(docs), ATTACH_BATCH):  # keys sort by file, so a batch reads one or two files
+        batch = docs[i:i + ATTACH_BATCH]
+        blobs.update(zip(batch, to_blobs(shingle_sets(files.texts(batch), params)).to_pylist()))
     out = _route(df.with_columns(pair=pl.concat_str(["node", pl.lit("\x00"), "root"])), "pair", partitions)
     return pa.table({"node": out["node"].to_arrow(), "root": out["root"].to_arrow(), "doc": out["doc"].to_arrow(),
                      SETS: pa.array([blobs[d] for d in out["doc"].to_list()], pa.large_binary()),
@@ -333,11 +347,13 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.
             rows = rows.union(old.map_batches(band_rows, fn_kwargs={"partitions": PARTITIONS}, batch_format="pyarrow"))
         edges = by_partition(rows, PARTITIONS).map_groups(bucket_pairs, batch_format="pyarrow")
         if settings.verify:
-            ends = edges.map_batches(_endpoints, fn_kwargs={"partitions": PARTITIONS}, batch_format="pyarrow")
-            with_sets = by_partition(ends, PARTITIONS).map_groups(
-                _attach_sets, fn_kwargs={"files": files, "params": settings.minhash, "partitions": PARTITIONS},
+            edges = edges.materialize()
+            parts = verify_partitions(edges.count())
+            ends = edges.map_batches(_endpoints, fn_kwargs={"partitions": parts}, batch_format="pyarrow")
+            with_sets = by_partition(ends, parts).map_groups(
+                _attach_sets, fn_kwargs={"files": files, "params": settings.minhash, "partitions": parts},
                 batch_format="pyarrow")
-            edges = by_partition(with_sets, PARTITIONS).map_groups(
+            edges = by_partition(with_sets, parts).map_groups(
                 _verify, fn_kwargs={"threshold": settings.threshold}, batch_format="pyarrow")
         rejected = _clusters(edges.materialize(), fuzzy.clustering, settings.detail).materialize()
         parent = os.path.relpath(Path(fuzzy.against).resolve(), run_root) if fuzzy.against else None

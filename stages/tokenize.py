@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from itertools import chain
@@ -474,22 +475,32 @@ def configured_tokenizer(config: SluiceConfig, tokenizer: str | None = None) -> 
 
 
 def build_shard_folder(files: list[Path], config: SluiceConfig, tokenizer_path: str | None, final: Path,
-                       fingerprint: str, blocks: int | None) -> ShardManifest:
-    """Build version 1 in a temporary sibling of `final`, manifest last, then rename it into place."""
+                       fingerprint: str, blocks: int | None, seconds: dict[str, float] | None = None) -> ShardManifest:
+    """Build version 1 in a temporary sibling of `final`, manifest last, then rename it into place.
+
+    `seconds` receives the wall time of the tokenizer's preparation ("bpe training" when one is
+    trained) apart from "tokenize" (encode, order, write the shards), as their costs grow differently.
+    """
+    seconds = {} if seconds is None else seconds
     with atomic_dir(final) as tmp:
+        started = time.perf_counter()
         tok = prepare_tokenizer(config.tokenize, files, tokenizer_path, tmp, blocks)
+        seconds["tokenizer" if tokenizer_path else "bpe training"] = time.perf_counter() - started
+        started = time.perf_counter()
         manifest = write_shards(files, config, tok, tmp, fingerprint, trained=not tokenizer_path, blocks=blocks)
         write_manifest(tmp, manifest)
+        seconds["tokenize"] = time.perf_counter() - started
     log.info("tokenize: %d docs, %d tokens in %d shards -> %s", manifest.docs, manifest.tokens,
              len(manifest.shards), final)
     return manifest
 
 
 def tokenize_run(run_dir: str | Path, config: SluiceConfig, tokenizer: str | None = None,
-                 blocks: int | None = None) -> Path:
+                 blocks: int | None = None, seconds: dict[str, float] | None = None) -> Path:
     """Tokenize RUN/kept into RUN/shards (skipped when finished with the same fingerprint); return it.
 
     `blocks` sets Ray Data's parallelism (default: one block per work item); it never changes the output.
+    `seconds` receives the wall time of each part that ran (see `build_shard_folder`).
     """
     run = Path(run_dir)
     files = kept_files(run)
@@ -499,7 +510,7 @@ def tokenize_run(run_dir: str | Path, config: SluiceConfig, tokenizer: str | Non
     if finished_fingerprint(final) == fingerprint:
         log.info("tokenize: %s finished earlier with the same fingerprint, skipped", final)
         return final
-    build_shard_folder(files, config, tokenizer_path, final, fingerprint, blocks)
+    build_shard_folder(files, config, tokenizer_path, final, fingerprint, blocks, seconds)
     return final
 
 

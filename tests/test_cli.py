@@ -1,6 +1,12 @@
 """The `sluice` CLI's own behaviour: clear errors before any work, help on every command."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -9,6 +15,7 @@ from flows.cli import app
 from pipeline.rundir import atomic_write_json
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def text(result) -> str:
@@ -63,3 +70,21 @@ def test_summary_prints_a_reconciled_ledger(tmp_path):
 def test_inspect_refuses_a_folder_without_manifest(tmp_path):
     result = runner.invoke(app, ["inspect", str(tmp_path)])
     assert result.exit_code == 2 and "manifest.json" in text(result)
+
+
+def test_prefect_and_ray_are_both_up_when_start_services_returns():
+    """Prefect's ephemeral server starts beside Ray (flows/startup.py), not at the first flow call:
+    in a fresh process with no Prefect API configured, both answer before any flow has run."""
+    code = textwrap.dedent("""
+        import httpx, ray
+        from prefect.server.api.server import SubprocessASGIServer
+        from flows.startup import start_services
+        from pipeline.config import RayConfig
+        start_services(RayConfig(num_cpus=1))
+        server = SubprocessASGIServer()
+        print(ray.is_initialized(), server.running, httpx.get(server.api_url + "/health").status_code)
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.stdout.split()[-3:] == ["True", "True", "200"], done.stderr[-2000:]

@@ -10,8 +10,9 @@ For each corpus size this script
      samples every 0.2 s the resident memory of every process of the run (the CLI and its descendants:
      the embedded Ray cluster's GCS, raylet and workers are children of the CLI, the workers of the
      raylet; anything that left the tree but kept the session is counted too, and said so);
-  3. times, in this process, the one-process floor of each row-local stage's core (fastText predict,
-     `quality.rules.evaluate`, MinHash signatures, `Tokenizer.encode_batch`) on a sample of the corpus,
+  3. times the one-process floor of each row-local stage's core on a sample of the corpus: fastText
+     predict, `quality.rules.evaluate` and MinHash signatures in a fresh process on one thread (one
+     core, as each Ray task gets), `Tokenizer.encode_batch` in this process on every core,
      and divides each stage's rate (its documents in over its time, from the run's run_info.json) by it:
      a row-local stage's time is its share of the fused pass's wall time (the rate a user sees on all
      cores), and its rate per worker is printed beside it;
@@ -280,20 +281,39 @@ def _rate(fn, items: list, repeat: int) -> float:
     return len(items) / best
 
 
-def floors(corpus_path: Path, tokenizer: Path | None, repeat: int) -> dict[str, float]:
-    """Docs/s of each row-local stage's core component in this one process (tokens/s for encode_batch)."""
+def sample_texts(corpus_path: Path) -> list[str]:
     with open(corpus_path, encoding="utf-8") as fh:
-        texts = [json.loads(line)["text"] for line in itertools.islice(fh, FLOOR_SAMPLE)]
+        return [json.loads(line)["text"] for line in itertools.islice(fh, FLOOR_SAMPLE)]
+
+
+def row_local_floors(corpus_path: Path, repeat: int) -> dict[str, float]:
+    """Docs/s of each row-local stage's core component in this process (run on one core by `floors`)."""
+    texts = sample_texts(corpus_path)
     out: dict[str, float] = {}
     for name, make in {"fastText predict": _langid, "rules evaluate": _rules_eval,
                        "MinHash signatures": _minhash}.items():
         try:
             out[name] = _rate(make(), texts, repeat)
         except ImportError as err:  # the core moved a module: say so rather than stop the benchmark
-            print(f"note: floor {name!r} unavailable: {err}")
+            print(f"note: floor {name!r} unavailable: {err}", file=sys.stderr)
+    return out
+
+
+def floors(corpus_path: Path, tokenizer: Path | None, repeat: int) -> dict[str, float]:
+    """The row-local floors and `encode_batch`'s tokens/s in this process on every core, as a user
+    calling it would run it. A row-local floor is its component on one core: a fresh process with
+    the thread settings of a Ray task (`pipeline.runtime.WORKER_ENV`, and OpenMP at one thread as Ray
+    sets it), so "1.6x its floor on 2 cores" reads as parallel scaling."""
+    from pipeline.runtime import WORKER_ENV
+
+    cmd = [sys.executable, __file__, "--floors", "--corpus", str(corpus_path), "--repeat", str(repeat)]
+    one_core = {**os.environ, **WORKER_ENV, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=one_core, capture_output=True, text=True, check=True)
+    out: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
     if tokenizer and tokenizer.exists():
         from tokenizers import Tokenizer
 
+        texts = sample_texts(corpus_path)
         tok = Tokenizer.from_file(str(tokenizer))
         n_tokens = sum(len(e.ids) for e in tok.encode_batch(texts))
         out["encode_batch"] = _rate(tok.encode_batch, texts, repeat)
@@ -513,12 +533,16 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SHARED)
     ap.add_argument("--json", type=Path, help="write every figure here")
     ap.add_argument("--peer", choices=["rensa", "datasketch"], help=argparse.SUPPRESS)
+    ap.add_argument("--floors", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--bands", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.peer:
         print(json.dumps(peer_dedup(args.peer, args.corpus, args.threshold, args.num_perm, args.bands, args.rows)))
+        return
+    if args.floors:
+        print(json.dumps(row_local_floors(args.corpus, args.repeat)))
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.peers = [p for p in args.peers if _installed(p)]

@@ -40,10 +40,19 @@ class RayAuthError(RuntimeError):
     """Ray's token auth cannot be set up as the config asks; the message says what to set."""
 
 
-def _runtime_env() -> dict:
-    """Ship the project's own packages to a remote cluster's workers."""
+# A Ray task reserves one CPU, so the Rust thread pools inside it (polars; tokenizers' rayon) get one
+# thread, as Ray already does for OpenMP: two tasks on two cores then run two threads, not four
+# competing ones. The driver keeps its pools (BPE training there uses every core).
+WORKER_ENV = {"POLARS_MAX_THREADS": "1", "RAYON_NUM_THREADS": "1"}
+
+
+def _runtime_env(remote: bool) -> dict:
+    """Every worker's thread settings; for a remote cluster also the project's own packages."""
     root = Path(__file__).resolve().parent.parent
-    return {"py_modules": [str(root / p) for p in PROJECT_PACKAGES]}
+    env: dict = {"env_vars": dict(WORKER_ENV)}
+    if remote:
+        env["py_modules"] = [str(root / p) for p in PROJECT_PACKAGES]
+    return env
 
 
 def token_available() -> bool:
@@ -112,10 +121,11 @@ def start_ray(cfg: RayConfig | None = None) -> str | None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     common = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     if remote:
-        ray.init(address=address, runtime_env=_runtime_env(), **common)
+        ray.init(address=address, runtime_env=_runtime_env(remote), **common)
     else:
         ray.init(
             address="local",  # never attach silently to some other cluster on this machine
+            runtime_env=_runtime_env(remote),
             num_cpus=cfg.num_cpus,
             include_dashboard=cfg.dashboard,
             dashboard_host="127.0.0.1",

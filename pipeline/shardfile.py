@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from pipeline.manifest import ShardEntry, ShardError, shard_path
-from pipeline.rundir import atomic_write_bytes
+from pipeline.rundir import atomic_file
 
 TOKENIZER_FILE = "tokenizer.json"
 SHARD_GLOB = "shard-*.arrow"
@@ -57,13 +57,12 @@ def write_shard(path: Path, docs: pa.Table, version: int, dtype: np.dtype) -> Sh
     schema = shard_schema(dtype)
     batch = pa.record_batch([docs["doc_id"].chunk(0), docs["tokens"].chunk(0)],
                             schema=schema)
-    sink = pa.BufferOutputStream()
-    with ipc.new_file(sink, schema, options=ipc.IpcWriteOptions(compression=None)) as writer:
-        writer.write_batch(batch)
-    data = sink.getvalue()
-    atomic_write_bytes(path, data)
+    with atomic_file(path) as tmp:  # streamed to the file: no second copy of the shard in memory
+        with ipc.new_file(str(tmp), schema, options=ipc.IpcWriteOptions(compression=None)) as writer:
+            writer.write_batch(batch)
+        size, sha256 = tmp.stat().st_size, file_sha256(tmp)
     return ShardEntry(file=path.name, version=version, docs=docs.num_rows, tokens=int(pc.sum(lengths).as_py() or 0),
-                      bytes=data.size, dtype=dtype.name, sha256=hashlib.sha256(data).hexdigest(),
+                      bytes=size, dtype=dtype.name, sha256=sha256,
                       sources=dict(sorted(zip(sources["source"].to_pylist(), sources["n_sum"].to_pylist()))))
 
 

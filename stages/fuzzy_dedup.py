@@ -47,10 +47,10 @@ REASON = "near_duplicate"
 INDEX_DIR = "band_index"
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
 PARTITIONS = 8  # shuffle partitions and index parts; fixed, so the index never depends on workers
-# Pair ends (each with its document's shingle set) per verification group: about 100 MB of sets.
-ENDS_PER_PARTITION = 50_000
+# Candidate pairs (each with one document's shingle set) per verification group: about 100 MB of sets.
+PAIRS_PER_PARTITION = 50_000
 # Documents whose shingle sets are built at once: the hashing's temporaries are many times the text.
-ATTACH_BATCH = 2_000
+HASH_BATCH = 2_000
 # Up to this many verified edges, `clustering: auto` finds components on the driver.
 AUTO_LOCAL_EDGES = 2_000_000
 HASHES = "band_hashes"
@@ -226,39 +226,46 @@ def verify_partitions(pairs: int) -> int:
     """Partitions of the verification shuffles: enough that a group's shingle sets stay about the
     same size however many candidate pairs the corpus has (so a worker's memory stays flat). A
     function of the pairs alone, never of the workers; the decisions do not depend on it."""
-    return max(PARTITIONS, -(-2 * pairs // ENDS_PER_PARTITION))
+    return max(PARTITIONS, -(-pairs // PAIRS_PER_PARTITION))
 
 
-def _route(df: pl.DataFrame, column: str, partitions: int) -> pl.DataFrame:
-    return df.with_columns((pl.col(column).hash(20240601) % partitions).cast(pl.Int32).alias(PART))
+def _by_file(df: pl.DataFrame, column: str, partitions: int) -> pl.DataFrame:
+    """Route each row by the file of the document in `column`, so each file is read in one place."""
+    loc = parts(pl.col(column))
+    return df.with_columns(((loc["level"].cast(pl.Int64) * 1_000_003 + loc["file"]) % partitions)
+                           .cast(pl.Int32).alias(PART))
 
 
-def _endpoints(pairs: pa.Table, partitions: int) -> pa.Table:
-    """Each pair twice, once per end, routed by the end's file so each file is read in one place."""
-    df = pl.from_arrow(pairs.select(["node", "root"]))
-    ends = pl.concat([df.with_columns(doc=pl.col("node")), df.with_columns(doc=pl.col("root"))])
-    loc = parts(pl.col("doc"))
-    routed = ends.with_columns(((loc["level"].cast(pl.Int64) * 1_000_003 + loc["file"]) % partitions)
-                               .cast(pl.Int32).alias(PART))
-    return routed.to_arrow()
+def _by_node_file(pairs: pa.Table, partitions: int) -> pa.Table:
+    return _by_file(pl.from_arrow(pairs.select(["node", "root"])), "node", partitions).to_arrow()
 
 
-def _attach_sets(group: pa.Table, files: TextFiles, params: MinHashParams, partitions: int) -> pa.Table:
-    """The shingle set of each end, re-read from its file, routed by pair for verification."""
-    df = pl.from_arrow(group.select(["node", "root", "doc"])).unique()
-    docs = df["doc"].unique().sort().to_list()
-    blobs = {}
-    for i in range(0, len(docs), ATTACH_BATCH):  # keys sort by file, so a batch reads one or two files
-        batch = docs[i:i + ATTACH_BATCH]
-        blobs.update(zip(batch, to_blobs(shingle_sets(files.texts(batch), params)).to_pylist()))
-    out = _route(df.with_columns(pair=pl.concat_str(["node", pl.lit("\x00"), "root"])), "pair", partitions)
-    return pa.table({"node": out["node"].to_arrow(), "root": out["root"].to_arrow(), "doc": out["doc"].to_arrow(),
-                     SETS: pa.array([blobs[d] for d in out["doc"].to_list()], pa.large_binary()),
-                     PART: out[PART].to_arrow()})
+def _shingle_blobs(keys: list[str], files: TextFiles, params: MinHashParams, hash_batch: int) -> dict[str, bytes]:
+    """Each document's shingle set, re-read from its file, `hash_batch` documents at a time (keys sort
+    by file, so a batch reads one or two files)."""
+    blobs: dict[str, bytes] = {}
+    for i in range(0, len(keys), hash_batch):
+        some = keys[i:i + hash_batch]
+        blobs.update(zip(some, to_blobs(shingle_sets(files.texts(some), params)).to_pylist()))
+    return blobs
 
 
-def _verify(group: pa.Table, threshold: float) -> pa.Table:
-    sets = {d: from_blob(b) for d, b in zip(group["doc"].to_pylist(), group[SETS].to_pylist())}
+def _attach_node_sets(group: pa.Table, files: TextFiles, params: MinHashParams, partitions: int,
+                      hash_batch: int) -> pa.Table:
+    """Pairs whose node's file is in this group, each with the node's shingle set, routed by the
+    root's file: one set per pair travels, through one shuffle."""
+    df = _by_file(pl.from_arrow(group.select(["node", "root"])).unique(), "root", partitions)
+    blobs = _shingle_blobs(df["node"].unique().sort().to_list(), files, params, hash_batch)
+    return pa.table({"node": df["node"].to_arrow(), "root": df["root"].to_arrow(),
+                     SETS: pa.array([blobs[n] for n in df["node"].to_list()], pa.large_binary()),
+                     PART: df[PART].to_arrow()})
+
+
+def _verify(group: pa.Table, files: TextFiles, params: MinHashParams, threshold: float, hash_batch: int) -> pa.Table:
+    """The pairs whose root's file is in this group that reach the threshold, roots' sets read here."""
+    roots = sorted(set(group["root"].to_pylist()))
+    sets = {k: from_blob(b) for k, b in _shingle_blobs(roots, files, params, hash_batch).items()}
+    sets.update((k, from_blob(b)) for k, b in zip(group["node"].to_pylist(), group[SETS].to_pylist()))
     pairs = pl.from_arrow(group.select(["node", "root"])).unique().sort(["node", "root"]).to_arrow()
     return verified(pairs, sets, threshold).cast(EDGE_SCHEMA)
 
@@ -349,12 +356,12 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.
         if settings.verify:
             edges = edges.materialize()
             parts = verify_partitions(edges.count())
-            ends = edges.map_batches(_endpoints, fn_kwargs={"partitions": parts}, batch_format="pyarrow")
-            with_sets = by_partition(ends, parts).map_groups(
-                _attach_sets, fn_kwargs={"files": files, "params": settings.minhash, "partitions": parts},
-                batch_format="pyarrow")
+            hashing = {"files": files, "params": settings.minhash, "hash_batch": HASH_BATCH}
+            routed = edges.map_batches(_by_node_file, fn_kwargs={"partitions": parts}, batch_format="pyarrow")
+            with_sets = by_partition(routed, parts).map_groups(
+                _attach_node_sets, fn_kwargs={**hashing, "partitions": parts}, batch_format="pyarrow")
             edges = by_partition(with_sets, parts).map_groups(
-                _verify, fn_kwargs={"threshold": settings.threshold}, batch_format="pyarrow")
+                _verify, fn_kwargs={**hashing, "threshold": settings.threshold}, batch_format="pyarrow")
         rejected = _clusters(edges.materialize(), fuzzy.clustering, settings.detail).materialize()
         parent = os.path.relpath(Path(fuzzy.against).resolve(), run_root) if fuzzy.against else None
         _write_index(docs, rejected, workdir / INDEX_DIR,

@@ -114,13 +114,19 @@ def test_distributed_components_equal_union_find(ray_cluster):
     assert got.sort_by("node").combine_chunks().equals(expected.combine_chunks())
 
 
-def test_ray_stage_matches_the_pure_function_whatever_blocks_and_clustering(ray_cluster, corpus, tmp_path):
+def test_ray_stage_matches_the_pure_function_whatever_blocks_and_clustering(ray_cluster, corpus, tmp_path,
+                                                                           monkeypatch):
     pure = fuzzy_dedup.process(corpus, fuzzy_dedup.Settings.from_config(FuzzyDedupConfig()))
     assert pure.decisions.num_rows >= 20
     rows = write_pieces(tmp_path, corpus)
     for blocks, clustering in [(1, "union_find"), (4, "distributed")]:
         got = run_stage(ray_cluster, fuzzy_dedup, tmp_path, rows, blocks=blocks, fuzzy={"clustering": clustering})
         assert got.equals(pure.decisions), clustering
+    # a large corpus's shape: many verification groups, candidates hashed a few at a time
+    monkeypatch.setattr(fuzzy_dedup, "PAIRS_PER_PARTITION", 2)
+    monkeypatch.setattr(fuzzy_dedup, "HASH_BATCH", 3)
+    assert fuzzy_dedup.verify_partitions(pure.decisions.num_rows) > fuzzy_dedup.PARTITIONS
+    assert run_stage(ray_cluster, fuzzy_dedup, tmp_path, rows, blocks=2).equals(pure.decisions)
 
 
 def test_pride_and_prejudice_editions_cluster_and_other_books_do_not(ray_cluster, shared_data, tmp_path):

@@ -21,7 +21,7 @@ from pipeline.config import SluiceConfig
 from pipeline.manifest import ShardError, read_manifest
 from pipeline.schema import DOC_SCHEMA
 from pipeline.shardfile import file_sha256, open_shard, token_view
-from stages.shard import inspect_shards
+from stages.shard import inspect_shards, take_documents
 from stages.tokenize import append_shards, hash_keys, resolve_eod, sample_texts, tokenize_run, train_bpe
 from stages.train.data import NewShardVersion, open_loaders
 
@@ -350,3 +350,13 @@ def test_killed_append_retried_equals_a_clean_append(tmp_path, docs, shared_data
         append_shards(batch2, clean, other)
     with pytest.raises(ValueError, match="end-of-document"):
         append_shards(batch2, clean, config(tokens_per_shard=5_000, tokenizer=str(shared_data / NEOX), eod_token=None))
+
+
+@pytest.mark.parametrize("rows", [[4, 0, 2, 5, 1], [3], []])
+def test_take_documents_equals_arrow_take_on_sliced_chunks(rows):
+    """The shard writer's own take (whole token runs, no per-token index) gives Arrow's take exactly,
+    from chunks that are slices of larger arrays, as scratch files are read."""
+    lists = pa.array([[1, 2], [], [3, 4, 5], [6], [7, 8], [9], [10, 11, 12]], pa.list_(pa.uint16()))
+    table = pa.table({"doc_id": [str(i) for i in range(7)], "tokens": lists})
+    docs = pa.concat_tables([table.slice(1, 3), table.slice(4, 3)])
+    assert take_documents(docs, np.array(rows, np.uint64)).equals(docs.take(pa.array(rows, pa.int64())))

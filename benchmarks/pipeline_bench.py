@@ -9,7 +9,9 @@ For each corpus size this script
      BPE training, tokenize and shard) in a fresh process each, Ray and Prefect start-up included, and
      samples every 0.2 s the resident memory of every process of the run (the CLI and its descendants:
      the embedded Ray cluster's GCS, raylet and workers are children of the CLI, the workers of the
-     raylet; anything that left the tree but kept the session is counted too, and said so);
+     raylet; anything that left the tree but kept the session is counted too, and said so). RSS
+     summed counts a shared page once per process that maps it (libraries, Ray's shared-memory object
+     store), so the proportional set size summed (each page once) is printed beside it, every 1 s;
   3. times the one-process floor of each row-local stage's core on a sample of the corpus: fastText
      predict, `quality.rules.evaluate` and MinHash signatures in a fresh process on one thread (one
      core, as each Ray task gets), `Tokenizer.encode_batch` in this process on every core,
@@ -54,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 CORPUS_VERSION = 1  # bump when the generator changes, so cached corpora are rebuilt
 SAMPLE_S = 0.2
+PSS_EVERY = 5  # samples
 FLOOR_SAMPLE = 2000
 WORD = re.compile(r"\w+")
 ROW_LOCAL = ("ingest", "clean", "langid", "rules", "quality")  # fused: work seconds, and one wall for the pass
@@ -187,6 +190,7 @@ class Measured:
     wall_s: float
     returncode: int
     peak_tree_mb: float = 0.0
+    peak_tree_pss_mb: float = 0.0  # proportional set size: shared pages (libraries, Ray's object store) once
     peak_largest_mb: float = 0.0
     largest_name: str = ""
     max_processes: int = 0
@@ -208,8 +212,18 @@ def _tree(root: psutil.Process) -> tuple[list[psutil.Process], list[psutil.Proce
     return list(procs.values()) + extra, extra
 
 
+def _pss(pid: int) -> int:
+    """A process's proportional set size in bytes (Linux): its share of each page it maps."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("Pss:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
 def measure(cmd: list[str], env: dict[str, str]) -> Measured:
-    """Run `cmd` in a new session; sample RSS of every process in it; timestamp each output line."""
+    """Run `cmd` in a new session; sample RSS (and every 1 s PSS) of every process in it; timestamp each
+    output line."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", start_new_session=True)
@@ -224,8 +238,12 @@ def measure(cmd: list[str], env: dict[str, str]) -> Measured:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     root = psutil.Process(proc.pid)
-    while proc.poll() is None:
+    for sample in itertools.count():
+        if proc.poll() is not None:
+            break
         tree, extra = _tree(root)
+        if sample % PSS_EVERY == 0:  # the kernel walks every mapping for it: sampled less often than RSS
+            m.peak_tree_pss_mb = max(m.peak_tree_pss_mb, sum(_pss(p.pid) for p in tree) / 1e6)
         total, largest, largest_name = 0, 0, ""
         for p in tree:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
@@ -483,12 +501,13 @@ def stage_ratios(result: dict, summary: dict | None) -> dict:
 
 
 def print_size(result: dict, bands: int, rows: int) -> None:
-    print("\n| what | wall s | docs/s | MB/s | peak RSS tree MB | largest process MB | processes |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| what | wall s | docs/s | MB/s | peak RSS tree MB | peak PSS tree MB | largest process MB | processes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in result["runs"].items():
         note = f" ({r['duplicates']:,} duplicates)" if "duplicates" in r else ""
         print(f"| {name}{note} | {r['wall_s']:,.1f} | {r['docs_per_s']:,.0f} | {r['mb_per_s']:,.2f} | "
-              f"{r['peak_tree_mb']:,.0f} | {r['peak_largest_mb']:,.0f} ({r['largest_name']}) | {r['max_processes']} |")
+              f"{r['peak_tree_mb']:,.0f} | {r['peak_tree_pss_mb']:,.0f} | {r['peak_largest_mb']:,.0f} "
+              f"({r['largest_name']}) | {r['max_processes']} |")
     dedup = result["runs"].get("sluice dedup")
     for peer in ("rensa", "datasketch"):
         if dedup and peer in result["runs"]:

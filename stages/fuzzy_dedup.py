@@ -49,8 +49,9 @@ SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes:
 PARTITIONS = 8  # shuffle partitions and index parts; fixed, so the index never depends on workers
 # Candidate pairs (each with one document's shingle set) per verification group: about 100 MB of sets.
 PAIRS_PER_PARTITION = 50_000
-# Documents whose shingle sets are built at once: the hashing's temporaries are many times the text.
-HASH_BATCH = 2_000
+# Documents whose shingle sets are built at once: the hashing's temporaries are many times the text
+# (see stages.dedup.minhash.SIGNATURE_BATCH for the measured trade-off).
+HASH_BATCH = 512
 # Up to this many verified edges, `clustering: auto` finds components on the driver.
 AUTO_LOCAL_EDGES = 2_000_000
 HASHES = "band_hashes"

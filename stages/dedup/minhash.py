@@ -40,7 +40,9 @@ FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)
 # enough for the working set to stay in cache, as large temporaries cost more than arithmetic.
 BLOCK_SHINGLES = 1 << 16
 HASH_CHUNK_BYTES = 1 << 17
-SIGNATURE_BATCH = 4096
+# Documents per pass of the whole computation: measured on 8,000 real documents, 512 at a time ran
+# faster than 4,096 (8.9k against 8.1k docs/s on one core) and peaked 46 MB above the input, not 247.
+SIGNATURE_BATCH = 512
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,10 @@ def validate(config: Annotated[Path, typer.Argument(help="YAML config to check")
     console.print(f"[green]ok[/]: {config} ({len(cfg.inputs)} inputs, output {cfg.out})")
 
 
+DashboardOption = Annotated[Optional[bool], typer.Option(
+    "--dashboard/--no-dashboard", help="start Ray's dashboard to watch the run (default: `ray.dashboard`, off)")]
+
+
 @app.command()
 def run(
     config: Annotated[Optional[Path], typer.Argument(help="YAML config; omit to use the defaults")] = None,
@@ -83,10 +87,6 @@ def run(
     if not cfg.inputs:
         _fail("no inputs: give a config with `inputs:` or at least one --input PATH")
     _run_pipeline(cfg, dashboard)
-
-
-DashboardOption = Annotated[Optional[bool], typer.Option(
-    "--dashboard/--no-dashboard", help="start Ray's dashboard to watch the run (default: `ray.dashboard`, off)")]
 
 
 def _start_services(cfg: SluiceConfig, dashboard: bool | None = None) -> None:

@@ -11,7 +11,6 @@ from prefect import flow
 
 from flows.curate import curate
 from flows.tokenize import tokenize_flow
-from flows.train import train_flow
 from pipeline.config import SluiceConfig
 from pipeline.rundir import RunDir
 from quality.report import write_report
@@ -26,6 +25,8 @@ def pipeline_flow(cfg: SluiceConfig) -> dict:
         if cfg.tokenize.enabled and result["summary"].kept:
             result["shards"] = tokenize_flow(cfg, cfg.out)
             if cfg.train.enabled:
+                from flows.train import train_flow  # torch is loaded only by a run that trains: 220 MB
+
                 started = time.perf_counter()
                 result["train"] = train_flow(cfg, result["shards"], cfg.out)
                 run.add_stage_seconds({"train": time.perf_counter() - started})

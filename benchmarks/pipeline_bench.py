@@ -59,9 +59,11 @@ SAMPLE_S = 0.2
 PSS_EVERY = 5  # samples
 FLOOR_SAMPLE = 2000
 WORD = re.compile(r"\w+")
-ROW_LOCAL = ("ingest", "clean", "langid", "rules", "quality")  # fused: work seconds, and one wall for the pass
-ROW_LOCAL_WALL = "row-local pass"  # flows.curate.ROW_LOCAL_WALL; not imported, as the peers' runs of this
-# script would then load Prefect and Ray and be measured with them
+# The fused row-local pass records work seconds per stage and for its segment files' reads and writes
+# (pipeline.stage.SEGMENT_IO), and one wall time (flows.curate.ROW_LOCAL_WALL). Not imported: the
+# peers' runs of this script would then load Prefect and Ray and be measured with them.
+ROW_LOCAL = ("ingest", "clean", "langid", "rules", "quality", "segment io")
+ROW_LOCAL_WALL = "row-local pass"
 ROW_LOCAL_FLOORS = {"langid": "fastText predict", "rules": "rules evaluate", "fuzzy_dedup": "MinHash signatures",
                     "tokenize": "encode_batch"}
 
@@ -311,7 +313,7 @@ def row_local_floors(corpus_path: Path, repeat: int) -> dict[str, float]:
     for name, make in {"fastText predict": _langid, "rules evaluate": _rules_eval,
                        "MinHash signatures": _minhash}.items():
         try:
-            out[name] = _rate(make(), texts, repeat)
+            out[name] = _rate(make(texts), texts, repeat)
         except ImportError as err:  # the core moved a module: say so rather than stop the benchmark
             print(f"note: floor {name!r} unavailable: {err}", file=sys.stderr)
     return out
@@ -339,20 +341,25 @@ def floors(corpus_path: Path, tokenizer: Path | None, repeat: int) -> dict[str, 
     return out
 
 
-def _langid():
+def _langid(texts: list[str]):
     from quality.langid import predict
 
     return predict
 
 
-def _rules_eval():
+def _rules_eval(texts: list[str]):
+    """`evaluate` on the documents the stage judges (`rules.languages`, English by default: the others
+    pass unjudged), so its rate per document in compares with the stage's."""
     from pipeline.config import RulesConfig
+    from quality.langid import predict
     from quality.rules import evaluate
 
-    return lambda texts: evaluate(texts, RulesConfig())
+    cfg = RulesConfig()
+    judged = [t for t, lang in zip(texts, predict(texts)[0]) if cfg.languages is None or lang in cfg.languages]
+    return lambda _: evaluate(judged, cfg)
 
 
-def _minhash():
+def _minhash(texts: list[str]):
     from stages.dedup.minhash import MinHashParams, signatures
 
     return lambda texts: signatures(texts, MinHashParams())
@@ -483,17 +490,17 @@ def stage_ratios(result: dict, summary: dict | None) -> dict:
     stages = {}
     for stage, seconds in times.items():
         entry = {"seconds": seconds}
+        if stage in ROW_LOCAL and pass_wall and work:
+            entry["wall_share_s"] = seconds / work * pass_wall
         if stage == "tokenize" and tokens and seconds > 0:
             entry["tokens_per_s"] = tokens / seconds
             floor = result["floors"].get("encode_batch tokens/s")
             entry["ratio_to_floor"] = entry["tokens_per_s"] / floor if floor else None
         elif stage in docs_in and seconds > 0:
             floor = result["floors"].get(ROW_LOCAL_FLOORS.get(stage, ""))
-            wall = seconds / work * pass_wall if stage in ROW_LOCAL and pass_wall and work else seconds
-            entry["docs_per_s"] = docs_in[stage] / wall
+            entry["docs_per_s"] = docs_in[stage] / entry.get("wall_share_s", seconds)
             entry["ratio_to_floor"] = entry["docs_per_s"] / floor if floor else None
-            if stage in ROW_LOCAL:
-                entry["wall_share_s"] = wall
+            if "wall_share_s" in entry:
                 entry["docs_per_s_per_worker"] = docs_in[stage] / seconds
                 entry["ratio_per_worker"] = entry["docs_per_s_per_worker"] / floor if floor else None
         stages[stage] = entry

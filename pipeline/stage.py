@@ -36,6 +36,9 @@ from pipeline.schema import DECISION_SCHEMA, DOC_SCHEMA, KEPT_SCHEMA, REJECTED_S
 log = logging.getLogger("sluice")
 
 INGEST = "ingest"
+# Seconds the row-local pass spends writing each segment's files and reading an earlier segment's
+# back: kept apart so a stage's seconds are its own work (run_info.json's stage_seconds).
+SEGMENT_IO = "segment io"
 KEPT_FILE, REJECTED_FILE = "kept.parquet", "rejected.parquet"
 
 
@@ -141,7 +144,7 @@ class _Counts:
         self.reasons[name].update(result.rejected["reason"].to_pylist())
 
     def tick(self, name: str, since: float) -> float:
-        """Charge the time since `since` to stage `name` (reading counts as ingest's); return now."""
+        """Charge the time since `since` to `name` (a stage, or SEGMENT_IO); return now."""
         now = time.perf_counter()
         self.seconds[name] += now - since
         return now
@@ -183,9 +186,9 @@ def _write_segment(batches: Iterator[StageResult], lead: str | None, stages: tup
 
     try:
         for result in batches:
+            clock = counts.tick(lead or SEGMENT_IO, clock)  # reading: ingest's work, or the earlier segment's file
             if lead:
                 counts.add(lead, result, result.kept.num_rows + result.rejected.num_rows)
-                clock = counts.tick(lead, clock)
             rejected, kept = [result.rejected], result.kept
             for stage in stages:
                 out = stage.process(kept)
@@ -195,6 +198,7 @@ def _write_segment(batches: Iterator[StageResult], lead: str | None, stages: tup
                 kept = out.kept
             write(KEPT_FILE, conform(kept, KEPT_SCHEMA))
             write(REJECTED_FILE, pa.concat_tables(rejected))
+            clock = counts.tick(SEGMENT_IO, clock)
     finally:
         for writer in writers.values():
             writer.close()

@@ -67,8 +67,8 @@ class RayConfig(Section):
 
     address: str | None = Field(None, description="join an existing cluster; RAY_ADDRESS also works")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for the embedded local cluster")
-    dashboard: bool = Field(False, description="start Ray's dashboard (127.0.0.1) to watch a run: about 1 GB "
-                            "more memory in ten extra processes, so off unless asked for")
+    dashboard: bool = Field(False, description="start Ray's dashboard (127.0.0.1) to watch a run: ten more "
+                            "processes, so off unless asked for")
     dashboard_port: int | None = Field(
         None, ge=0, le=65535, description="null: 8265, or the next free port when another Ray holds it")
     allow_unauthenticated: bool = Field(

@@ -72,19 +72,21 @@ def test_inspect_refuses_a_folder_without_manifest(tmp_path):
     assert result.exit_code == 2 and "manifest.json" in text(result)
 
 
-def test_prefect_and_ray_are_both_up_when_start_services_returns():
+def test_start_services_brings_up_prefect_beside_ray_with_one_thread_workers():
     """Prefect's ephemeral server starts beside Ray (flows/startup.py), not at the first flow call:
-    in a fresh process with no Prefect API configured, both answer before any flow has run."""
+    in a fresh process with no Prefect API configured, both answer before any flow has run; and a
+    Ray task, holding one CPU, gets one polars thread (pipeline.runtime.WORKER_ENV)."""
     code = textwrap.dedent("""
         import httpx, ray
         from prefect.server.api.server import SubprocessASGIServer
         from flows.startup import start_services
         from pipeline.config import RayConfig
-        start_services(RayConfig(num_cpus=1))
+        start_services(RayConfig(num_cpus=2))
         server = SubprocessASGIServer()
-        print(ray.is_initialized(), server.running, httpx.get(server.api_url + "/health").status_code)
+        threads = ray.get(ray.remote(lambda: __import__("polars").thread_pool_size()).remote())
+        print(ray.is_initialized(), server.running, httpx.get(server.api_url + "/health").status_code, threads)
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=180)
-    assert done.stdout.split()[-3:] == ["True", "True", "200"], done.stderr[-2000:]
+    assert done.stdout.split()[-4:] == ["True", "True", "200", "1"], done.stderr[-2000:]

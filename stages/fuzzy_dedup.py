@@ -241,14 +241,14 @@ def _by_node_file(pairs: pa.Table, partitions: int) -> pa.Table:
     return _by_file(pl.from_arrow(pairs.select(["node", "root"])), "node", partitions).to_arrow()
 
 
-def _shingle_blobs(keys: list[str], files: TextFiles, params: MinHashParams, hash_batch: int) -> dict[str, bytes]:
+def _shingle_sets_of(keys: list[str], files: TextFiles, params: MinHashParams, hash_batch: int) -> dict[str, np.ndarray]:
     """Each document's shingle set, re-read from its file, `hash_batch` documents at a time (keys sort
     by file, so a batch reads one or two files)."""
-    blobs: dict[str, bytes] = {}
+    sets: dict[str, np.ndarray] = {}
     for i in range(0, len(keys), hash_batch):
         some = keys[i:i + hash_batch]
-        blobs.update(zip(some, to_blobs(shingle_sets(files.texts(some), params)).to_pylist()))
-    return blobs
+        sets.update(zip(some, shingle_sets(files.texts(some), params)))
+    return sets
 
 
 def _attach_node_sets(group: pa.Table, files: TextFiles, params: MinHashParams, partitions: int,
@@ -256,16 +256,14 @@ def _attach_node_sets(group: pa.Table, files: TextFiles, params: MinHashParams, 
     """Pairs whose node's file is in this group, each with the node's shingle set, routed by the
     root's file: one set per pair travels, through one shuffle."""
     df = _by_file(pl.from_arrow(group.select(["node", "root"])).unique(), "root", partitions)
-    blobs = _shingle_blobs(df["node"].unique().sort().to_list(), files, params, hash_batch)
+    sets = _shingle_sets_of(df["node"].unique().sort().to_list(), files, params, hash_batch)
     return pa.table({"node": df["node"].to_arrow(), "root": df["root"].to_arrow(),
-                     SETS: pa.array([blobs[n] for n in df["node"].to_list()], pa.large_binary()),
-                     PART: df[PART].to_arrow()})
+                     SETS: to_blobs([sets[n] for n in df["node"].to_list()]), PART: df[PART].to_arrow()})
 
 
 def _verify(group: pa.Table, files: TextFiles, params: MinHashParams, threshold: float, hash_batch: int) -> pa.Table:
     """The pairs whose root's file is in this group that reach the threshold, roots' sets read here."""
-    roots = sorted(set(group["root"].to_pylist()))
-    sets = {k: from_blob(b) for k, b in _shingle_blobs(roots, files, params, hash_batch).items()}
+    sets = _shingle_sets_of(sorted(set(group["root"].to_pylist())), files, params, hash_batch)
     sets.update((k, from_blob(b)) for k, b in zip(group["node"].to_pylist(), group[SETS].to_pylist()))
     pairs = pl.from_arrow(group.select(["node", "root"])).unique().sort(["node", "root"]).to_arrow()
     return verified(pairs, sets, threshold).cast(EDGE_SCHEMA)

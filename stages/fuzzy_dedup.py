@@ -8,8 +8,10 @@ are clusters; components are rooted at their smallest key, and keys sort in keep
 (`stages.dedup.keys`), so the root is the keeper and every other member of this run is rejected
 as its `near_duplicate`, whatever the worker or block count.
 
-Only small columns move through shuffles: keys and band hashes, candidate pairs, and the shingle
-sets of candidate documents on their way to verification; never texts.
+Only small columns move, never texts: band rows (key, band, band hash) to their buckets, candidate
+pairs, and the shingle sets of candidate documents on their way to verification. Band rows and
+sets, the large exchanges, go through files in the stage's folder (`stages.dedup.mailbox`), not
+through Ray's object store.
 
 The kept documents' band hashes persist in `band_index/` with each document's (source, id) and
 where its text lives (piece file relative to the run root, row). With `dedup.fuzzy.against`, a
@@ -19,6 +21,7 @@ a match against an earlier document exactly like one inside the batch.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +38,7 @@ from stages.dedup.components import PART, by_partition, distributed_components, 
 from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, to_blobs
 from pipeline.schema import DECISION_SCHEMA
 from stages.dedup.keys import NEW, decisions, doc_keys, old_keys, parts
+from stages.dedup.mailbox import BOX, deliver, post, sender_name
 from stages.dedup import lsh
 from stages.dedup.lsh import EDGE_SCHEMA, band_hashes, candidate_pairs, lsh_params
 from stages.dedup.minhash import MinHashParams, signatures
@@ -45,10 +49,9 @@ STAGE = "fuzzy_dedup"
 READS: tuple[str, ...] = ("source", "id", "text", "quality_score")
 REASON = "near_duplicate"
 INDEX_DIR = "band_index"
+SCRATCH = ".exchange"  # mailboxes of the band-row and shingle-set exchanges, removed when the stage ends
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
 PARTITIONS = 8  # shuffle partitions and index parts; fixed, so the index never depends on workers
-# Candidate pairs (each with one document's shingle set) per verification group: about 100 MB of sets.
-PAIRS_PER_PARTITION = 50_000
 # Documents whose shingle sets are built at once: the hashing's temporaries are many times the text
 # (see stages.dedup.minhash.SIGNATURE_BATCH for the measured trade-off).
 HASH_BATCH = 512
@@ -110,12 +113,11 @@ def sketch(rows: pa.Table, settings: Settings) -> pa.Table:
                     names=SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA)
 
 
-def band_rows(docs: pa.Table, partitions: int = 1) -> pa.Table:
-    """One row per (document, band), routed to a partition by its band hash."""
+def band_rows(docs: pa.Table) -> pa.Table:
+    """One row per (document, band)."""
     flat = np.asarray(pc.list_flatten(docs[HASHES]), np.uint64)
     hashes = flat.reshape(docs.num_rows, len(flat) // max(docs.num_rows, 1))  # every document has `bands` hashes
-    rows = lsh.band_rows(docs["key"], hashes)
-    return rows.append_column(PART, pa.array((np.asarray(rows["band_hash"]) % np.uint64(partitions)).astype(np.int32)))
+    return lsh.band_rows(docs["key"], hashes)
 
 
 def old_docs(index: pa.Table, level: int) -> pa.Table:
@@ -223,22 +225,21 @@ def _read_old_docs(part_list: pa.Table) -> pa.Table:
 
 # ---------------------------------------------------------------- Ray wiring
 
-def verify_partitions(pairs: int) -> int:
-    """Partitions of the verification shuffles: enough that a group's shingle sets stay about the
-    same size however many candidate pairs the corpus has (so a worker's memory stays flat). A
-    function of the pairs alone, never of the workers; the decisions do not depend on it."""
-    return max(PARTITIONS, -(-pairs // PAIRS_PER_PARTITION))
-
-
-def _by_file(df: pl.DataFrame, column: str, partitions: int) -> pl.DataFrame:
-    """Route each row by the file of the document in `column`, so each file is read in one place."""
+def _file_box(column: str) -> pl.Expr:
+    """The mailbox of the file that holds the document in `column`, so one task reads each file."""
     loc = parts(pl.col(column))
-    return df.with_columns(((loc["level"].cast(pl.Int64) * 1_000_003 + loc["file"]) % partitions)
-                           .cast(pl.Int32).alias(PART))
+    return pl.format("{}-{}", loc["level"], loc["file"]).alias(BOX)
 
 
-def _by_node_file(pairs: pa.Table, partitions: int) -> pa.Table:
-    return _by_file(pl.from_arrow(pairs.select(["node", "root"])), "node", partitions).to_arrow()
+def _post_band_rows(docs: pa.Table, mailbox: Path) -> pa.Table:
+    """Each document's band rows, posted to the bucket partition of their band hash."""
+    rows = pl.from_arrow(band_rows(docs)).with_columns((pl.col("band_hash") % PARTITIONS).cast(pl.String).alias(BOX))
+    return post(rows.to_arrow(), mailbox, sender_name(docs["key"]))
+
+
+def _pairs_by_node_file(rows: pa.Table) -> pa.Table:
+    """A bucket partition's candidate pairs, each routed to the file of its node."""
+    return pl.from_arrow(bucket_pairs(rows)).with_columns(_file_box("node")).to_arrow()
 
 
 def _shingle_sets_of(keys: list[str], files: TextFiles, params: MinHashParams, hash_batch: int) -> dict[str, np.ndarray]:
@@ -251,22 +252,21 @@ def _shingle_sets_of(keys: list[str], files: TextFiles, params: MinHashParams, h
     return sets
 
 
-def _attach_node_sets(group: pa.Table, files: TextFiles, params: MinHashParams, partitions: int,
-                      hash_batch: int) -> pa.Table:
-    """Pairs whose node's file is in this group, each with the node's shingle set, routed by the
-    root's file: one set per pair travels, through one shuffle."""
-    df = _by_file(pl.from_arrow(group.select(["node", "root"])).unique(), "root", partitions)
+def _with_node_sets(pairs: pa.Table, files: TextFiles, params: MinHashParams, hash_batch: int) -> pa.Table:
+    """One file's candidate pairs (the file of their nodes), each with its node's shingle set, routed
+    to the file of its root: one set per pair travels."""
+    df = pl.from_arrow(pairs.select(["node", "root"])).unique().with_columns(_file_box("root"))
     sets = _shingle_sets_of(df["node"].unique().sort().to_list(), files, params, hash_batch)
     return pa.table({"node": df["node"].to_arrow(), "root": df["root"].to_arrow(),
-                     SETS: to_blobs([sets[n] for n in df["node"].to_list()]), PART: df[PART].to_arrow()})
+                     SETS: to_blobs([sets[n] for n in df["node"].to_list()]), BOX: df[BOX].to_arrow()})
 
 
 def _verify(group: pa.Table, files: TextFiles, params: MinHashParams, threshold: float, hash_batch: int) -> pa.Table:
-    """The pairs whose root's file is in this group that reach the threshold, roots' sets read here."""
+    """One file's candidate pairs (the file of their roots) that reach the threshold, roots' sets read here."""
     sets = _shingle_sets_of(sorted(set(group["root"].to_pylist())), files, params, hash_batch)
     sets.update((k, from_blob(b)) for k, b in zip(group["node"].to_pylist(), group[SETS].to_pylist()))
     pairs = pl.from_arrow(group.select(["node", "root"])).unique().sort(["node", "root"]).to_arrow()
-    return verified(pairs, sets, threshold).cast(EDGE_SCHEMA)
+    return verified(pairs, sets, threshold)
 
 
 def _collect(ds: ray.data.Dataset, schema: pa.Schema) -> pa.Table:
@@ -343,25 +343,26 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.
     def fuzzy_dedup(ds: ray.data.Dataset) -> ray.data.Dataset:
         docs = ds.map_batches(sketch, fn_kwargs={"settings": settings}, batch_format="pyarrow").materialize()
         own = _piece_files(docs, run_root)
-        rows = docs.map_batches(band_rows, fn_kwargs={"partitions": PARTITIONS}, batch_format="pyarrow")
+        scratch = workdir / SCRATCH
+        posted = [docs]
         files = TextFiles()
         files.add_run(0, run_root, own)
         if earlier is not None and earlier.parts():
             files.paths.update(earlier.files.paths)
             # listing the parts and reading them in a map: ray.data.read_parquet costs seconds per call
-            old = ray.data.from_items(earlier.parts()).map_batches(_read_old_docs, batch_format="pyarrow")
-            rows = rows.union(old.map_batches(band_rows, fn_kwargs={"partitions": PARTITIONS}, batch_format="pyarrow"))
-        edges = by_partition(rows, PARTITIONS).map_groups(bucket_pairs, batch_format="pyarrow")
+            posted.append(ray.data.from_items(earlier.parts()).map_batches(_read_old_docs, batch_format="pyarrow"))
+        for sketches in posted:
+            sketches.map_batches(_post_band_rows, fn_kwargs={"mailbox": scratch / "bands"},
+                                 batch_format="pyarrow").materialize()
         if settings.verify:
-            edges = edges.materialize()
-            parts = verify_partitions(edges.count())
             hashing = {"files": files, "params": settings.minhash, "hash_batch": HASH_BATCH}
-            routed = edges.map_batches(_by_node_file, fn_kwargs={"partitions": parts}, batch_format="pyarrow")
-            with_sets = by_partition(routed, parts).map_groups(
-                _attach_node_sets, fn_kwargs={**hashing, "partitions": parts}, batch_format="pyarrow")
-            edges = by_partition(with_sets, parts).map_groups(
-                _verify, fn_kwargs={**hashing, "threshold": settings.threshold}, batch_format="pyarrow")
-        rejected = _clusters(edges.materialize(), fuzzy.clustering, settings.detail).materialize()
+            deliver(scratch / "bands", _pairs_by_node_file, EDGE_SCHEMA, forward_to=scratch / "pairs")
+            deliver(scratch / "pairs", _with_node_sets, EDGE_SCHEMA, forward_to=scratch / "sets", **hashing)
+            edges = deliver(scratch / "sets", _verify, EDGE_SCHEMA, threshold=settings.threshold, **hashing)
+        else:
+            edges = deliver(scratch / "bands", bucket_pairs, EDGE_SCHEMA)
+        rejected = _clusters(edges, fuzzy.clustering, settings.detail).materialize()
+        shutil.rmtree(scratch, ignore_errors=True)
         parent = os.path.relpath(Path(fuzzy.against).resolve(), run_root) if fuzzy.against else None
         _write_index(docs, rejected, workdir / INDEX_DIR,
                      IndexMeta(params=settings.index_params(), files=own, parent=parent))

@@ -122,11 +122,11 @@ def test_ray_stage_matches_the_pure_function_whatever_blocks_and_clustering(ray_
     for blocks, clustering in [(1, "union_find"), (4, "distributed")]:
         got = run_stage(ray_cluster, fuzzy_dedup, tmp_path, rows, blocks=blocks, fuzzy={"clustering": clustering})
         assert got.equals(pure.decisions), clustering
-    # a large corpus's shape: many verification groups, candidates hashed a few at a time
-    monkeypatch.setattr(fuzzy_dedup, "PAIRS_PER_PARTITION", 2)
+    # a large corpus's shape: candidates hashed a few at a time, each piece file verified by its own task
     monkeypatch.setattr(fuzzy_dedup, "HASH_BATCH", 3)
-    assert fuzzy_dedup.verify_partitions(pure.decisions.num_rows) > fuzzy_dedup.PARTITIONS
+    assert len(set(rows["_piece"].to_pylist())) > 1
     assert run_stage(ray_cluster, fuzzy_dedup, tmp_path, rows, blocks=2).equals(pure.decisions)
+    assert not (tmp_path / "stages" / fuzzy_dedup.STAGE / fuzzy_dedup.SCRATCH).exists()  # the mailboxes go
 
 
 def test_pride_and_prejudice_editions_cluster_and_other_books_do_not(ray_cluster, shared_data, tmp_path):

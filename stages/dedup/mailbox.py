@@ -1,0 +1,76 @@
+"""A shuffle through files: senders write one Arrow IPC letter per receiving partition, each receiver
+reads its own letters.
+
+Fuzzy dedup's large exchanges (every document's band rows, candidates' shingle sets) go this way
+rather than through a Ray Data groupby, whose blocks live in Ray's object store: the store's shared
+pages stay resident in every worker that read them, so a worker's memory grew with the corpus. With
+letters, a worker holds only the partition it works on. On a cluster the run directory is shared
+storage already (verification re-reads the run's piece files), so the mailbox lives there too.
+
+A letter's name is fixed by its content (sender and receiver), so a retried task rewrites the same
+letter whole rather than adding one; receivers start only after every sender has finished.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+import pyarrow as pa
+import ray
+
+
+
+def sender_name(keys: pa.Array | pa.ChunkedArray) -> str:
+    """A name for a batch of documents, the same on every retry: batches are disjoint and keys unique,
+    so a batch's first key names it."""
+    return hashlib.sha256(keys[0].as_py().encode()).hexdigest()[:20]
+
+
+BOX = "_box"  # the column naming each posted row's receiver
+
+
+def post(rows: pa.Table, mailbox: Path, sender: str) -> pa.Table:
+    """Write `rows` as one letter per receiver named in their BOX column (dropped from the letter);
+    return one row per letter written."""
+    boxes = []
+    for (box,), part in pl.from_arrow(rows).group_by(BOX, maintain_order=True):
+        letter = part.drop(BOX).to_arrow()
+        folder = mailbox / str(box)
+        folder.mkdir(parents=True, exist_ok=True)
+        with pa.OSFile(str(folder / f"{sender}.arrow"), "wb") as sink, pa.ipc.new_file(sink, letter.schema) as writer:
+            writer.write_table(letter)
+        boxes.append(str(box))
+    return pa.table({"box": pa.array(boxes, pa.string())})
+
+
+def receive(box: Path) -> pa.Table:
+    """Every letter in `box`, in name order, so the table does not depend on which sender finished first."""
+    tables = []
+    for path in sorted(box.glob("*.arrow")):
+        with pa.OSFile(str(path)) as source:  # read, not memory-mapped: pages go when the table does
+            tables.append(pa.ipc.open_file(source).read_all())
+    return pa.concat_tables(tables)
+
+
+def deliver(mailbox: Path, handle: Callable[..., pa.Table], schema: pa.Schema, forward_to: Path | None = None,
+            **kwargs) -> ray.data.Dataset:
+    """`handle(letters, **kwargs)` for each box's letters, one Ray task per box, boxes in name order;
+    the results, cast to `schema`, materialized. With `forward_to`, each result (rows with a BOX
+    column) is posted there instead, sent by the box it came from, and the dataset lists the letters."""
+    boxes = sorted(p.name for p in mailbox.iterdir()) if mailbox.is_dir() else []
+    if forward_to is not None:
+        schema = pa.schema([("box", pa.string())])
+
+    def each(batch: pa.Table) -> pa.Table:
+        out = []
+        for box in batch["box"].to_pylist():
+            result = handle(receive(mailbox / box), **kwargs)
+            out.append(post(result, forward_to, box) if forward_to is not None else result)
+        return pa.concat_tables([t.select(schema.names).cast(schema) for t in out])
+
+    if not boxes:
+        return ray.data.from_arrow(schema.empty_table())
+    return ray.data.from_items([{"box": b} for b in boxes], override_num_blocks=len(boxes)).map_batches(
+        each, batch_size=1, batch_format="pyarrow").materialize()

@@ -11,6 +11,7 @@ token auth on every path and fails at once, saying what to set, when it cannot h
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import sys
@@ -42,8 +43,23 @@ class RayAuthError(RuntimeError):
 
 # A Ray task reserves one CPU, so the Rust thread pools inside it (polars; tokenizers' rayon) get one
 # thread, as Ray already does for OpenMP: two tasks on two cores then run two threads, not four
-# competing ones. The driver keeps its pools (BPE training there uses every core).
-WORKER_ENV = {"POLARS_MAX_THREADS": "1", "RAYON_NUM_THREADS": "1"}
+# competing ones. The driver keeps its pools (BPE training there uses every core). A worker runs
+# many threads (Ray's own, Arrow's) and glibc gives each its own heap arena, whose freed pages
+# stay with the process: two arenas cut an idle worker's heap by ~60 MB at 100k documents.
+WORKER_ENV = {"POLARS_MAX_THREADS": "1", "RAYON_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's `malloc_trim`; a no-op elsewhere).
+
+    glibc keeps what a process frees in its arenas, so after one burst of allocation (BPE training
+    on the driver holds its sample's word counts) the process would carry that high-water mark
+    through the rest of the run.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _runtime_env(remote: bool) -> dict:

@@ -55,6 +55,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pipeline.config import SluiceConfig, TokenizeConfig
 from pipeline.rundir import RunDir, atomic_dir
+from pipeline.runtime import release_freed_memory
 from pipeline.manifest import (FORMAT, MANIFEST, ShardEntry, ShardError, ShardManifest, TokenizerInfo,
                                read_manifest, write_manifest)
 from pipeline.shardfile import SHARD_GLOB, TOKENIZER_FILE, file_sha256, shard_name, token_dtype, write_shard
@@ -435,6 +436,7 @@ def prepare_tokenizer(cfg: TokenizeConfig, files: list[Path], tokenizer_path: st
     log.info("tokenize: training a byte-level BPE (vocab %d) on up to %d documents", cfg.vocab_size,
              cfg.train_sample_docs)
     tokenizer = train_bpe(sample_texts(files, cfg.train_sample_docs, cfg.seed, blocks), cfg.vocab_size, specials)
+    release_freed_memory()  # the sample and the trainer's counts (~180 MB at the default sample size)
     tokenizer.save(str(target))
     return tokenizer
 

@@ -31,6 +31,7 @@ from pipeline.ledger import LedgerMismatch, StageCount, StageResult, rejected_ro
 from pipeline.progress import Progress
 from pipeline.readers.pieces import Piece, count_records, read_piece
 from pipeline.rundir import RunDir, atomic_dir, read_marker
+from pipeline.runtime import release_freed_memory
 from pipeline.schema import DECISION_SCHEMA, DOC_SCHEMA, KEPT_SCHEMA, REJECTED_SCHEMA, conform
 
 log = logging.getLogger("sluice")
@@ -361,6 +362,7 @@ def run_shuffle(run: RunDir, plan: Plan, index: int, inputs: int) -> StageCount:
         count = StageCount.of(stage.name, inputs, inputs - sum(reasons.values()), dict(reasons))
         count.check()
         marker.update(fingerprint=fingerprint, count=count.model_dump(by_alias=True))
+    release_freed_memory()  # planning the stage's datasets (and union-find) left freed heap on the driver
     log.info("stage %s: %d in, %d kept, %d rejected", stage.name, count.inputs, count.kept, count.rejected)
     return count
 

@@ -29,6 +29,7 @@ cluster it must be on storage every node sees.
 """
 from __future__ import annotations
 
+import array
 import contextlib
 import fcntl
 import functools
@@ -110,11 +111,14 @@ def _tokenizer_from_json(data: str) -> Tokenizer:
 
 def encode_docs(tokenizer: Tokenizer, texts: list[str], eod_id: int | None, dtype: np.dtype) -> pa.ListArray:
     """Encode documents in one `encode_batch` call into an Arrow list column, with EOD appended."""
-    ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
-    flat = np.fromiter(chain.from_iterable(ids), dtype, int(lengths.sum()))
+    encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
+    packed = array.array(np.dtype(dtype).char)  # each document's ids appended in C: ~2 % of encode, half of fromiter's
+    for encoding in encodings:
+        packed.extend(encoding.ids)
+    flat = np.frombuffer(packed, dtype)
     extra = 0 if eod_id is None else 1
-    offsets = np.zeros(len(ids) + 1, np.int32)
+    offsets = np.zeros(len(encodings) + 1, np.int32)
     np.cumsum(lengths + extra, out=offsets[1:])
     if eod_id is None:
         values = flat
@@ -129,8 +133,8 @@ def encode_docs(tokenizer: Tokenizer, texts: list[str], eod_id: int | None, dtyp
 
 def tokenize_docs(tokenizer: Tokenizer, docs: pa.Table, eod_id: int | None, dtype: np.dtype) -> pa.Table:
     """Curated documents (id, text, source) in; doc_id, source and tokens out, `ENCODE_BATCH` at a time."""
-    texts = docs["text"]
-    tokens = [encode_docs(tokenizer, [t or "" for t in texts.slice(i, ENCODE_BATCH).to_pylist()], eod_id, dtype)
+    texts = pc.fill_null(docs["text"], "")
+    tokens = [encode_docs(tokenizer, texts.slice(i, ENCODE_BATCH).to_pylist(), eod_id, dtype)
               for i in range(0, docs.num_rows, ENCODE_BATCH)]
     list_type = pa.list_(pa.from_numpy_dtype(dtype))
     return pa.table({"doc_id": docs["id"].cast(pa.string()), "source": docs["source"].cast(pa.string()),

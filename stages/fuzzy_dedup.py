@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import ray
 
 from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
-from stages.dedup.components import PART, by_partition, distributed_components, local_components
+from stages.dedup.components import distributed_components, local_components
 from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, to_blobs
 from pipeline.schema import DECISION_SCHEMA
 from stages.dedup.keys import NEW, decisions, doc_keys, old_keys, parts
@@ -49,7 +49,7 @@ STAGE = "fuzzy_dedup"
 READS: tuple[str, ...] = ("source", "id", "text", "quality_score")
 REASON = "near_duplicate"
 INDEX_DIR = "band_index"
-SCRATCH = ".exchange"  # mailboxes of the band-row and shingle-set exchanges, removed when the stage ends
+SCRATCH = ".exchange"  # the stage's mailboxes (band rows, pairs, sets, index rows), removed when it ends
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
 PARTITIONS = 8  # shuffle partitions and index parts; fixed, so the index never depends on workers
 # Documents whose shingle sets are built at once: the hashing's temporaries are many times the text
@@ -234,7 +234,7 @@ def _file_box(column: str) -> pl.Expr:
 def _post_band_rows(docs: pa.Table, mailbox: Path) -> pa.Table:
     """Each document's band rows, posted to the bucket partition of their band hash."""
     rows = pl.from_arrow(band_rows(docs)).with_columns((pl.col("band_hash") % PARTITIONS).cast(pl.String).alias(BOX))
-    return post(rows.to_arrow(), mailbox, sender_name(docs["key"]))
+    return post(rows.to_arrow(), mailbox, sender_name(docs, ["key"]))
 
 
 def _pairs_by_node_file(rows: pa.Table) -> pa.Table:
@@ -243,12 +243,13 @@ def _pairs_by_node_file(rows: pa.Table) -> pa.Table:
 
 
 def _shingle_sets_of(keys: list[str], files: TextFiles, params: MinHashParams, hash_batch: int) -> dict[str, np.ndarray]:
-    """Each document's shingle set, re-read from its file, `hash_batch` documents at a time (keys sort
-    by file, so a batch reads one or two files)."""
+    """Each document's shingle set, its text re-read from its file. A mailbox's keys lie in one
+    piece file, so the texts are read in one pass (bounded by the piece size) and hashed
+    `hash_batch` documents at a time, the hashing's temporaries being many times the text."""
+    texts = files.texts(keys)
     sets: dict[str, np.ndarray] = {}
     for i in range(0, len(keys), hash_batch):
-        some = keys[i:i + hash_batch]
-        sets.update(zip(some, shingle_sets(files.texts(some), params)))
+        sets.update(zip(keys[i:i + hash_batch], shingle_sets(texts[i:i + hash_batch], params)))
     return sets
 
 
@@ -286,34 +287,39 @@ def _clusters(edges: ray.data.Dataset, clustering: str, detail: str) -> ray.data
 
 
 _INDEX_ROW = pa.schema([("key", pa.string()), (HASHES, pa.list_(pa.uint64())), ("_piece", pa.int32()),
-                        ("_row", pa.int32()), ("_drop", pa.bool_()), (PART, pa.int32())])
+                        ("_row", pa.int32()), ("_drop", pa.bool_()), (BOX, pa.string())])
 
 
-def _index_rows(batch: pa.Table) -> pa.Table:
-    """Documents (key, band hashes) or rejections (_piece, _row) in one schema, routed by piece."""
+def _post_index_rows(batch: pa.Table, mailbox: Path) -> pa.Table:
+    """Documents (key, band hashes) or rejections (_piece, _row) in one schema, posted to the index
+    part of their piece."""
     n, docs = batch.num_rows, "key" in batch.column_names
-    return pa.table({
+    rows = pa.table({
         "key": batch["key"] if docs else pa.nulls(n, pa.string()),
         HASHES: batch[HASHES] if docs else pa.nulls(n, pa.list_(pa.uint64())),
         "_piece": batch["_piece"], "_row": pa.nulls(n, pa.int32()) if docs else batch["_row"],
-        "_drop": pa.array([not docs] * n, pa.bool_()), PART: pc.remainder(batch["_piece"], PARTITIONS),
+        "_drop": pa.array([not docs] * n, pa.bool_()),
+        BOX: pc.cast(pc.remainder(batch["_piece"], PARTITIONS), pa.string()),
     }).cast(_INDEX_ROW)
+    return post(rows, mailbox, sender_name(batch, ["key"] if docs else ["_piece", "_row"]))
 
 
-def _write_index(docs: ray.data.Dataset, rejected: ray.data.Dataset, folder: Path, meta: IndexMeta) -> None:
+def _write_index_part(rows: pa.Table, folder: Path) -> pa.Table:
+    """One part of the band index: its pieces' documents less the rejected ones."""
+    drop = rows["_drop"]
+    part = rows["_piece"][0].as_py() % PARTITIONS
+    write_parquet(index_table(rows.filter(pc.invert(drop)), rows.filter(drop)), folder / f"part-{part:05d}.parquet")
+    return pa.table({"part": [part]})
+
+
+def _write_index(docs: ray.data.Dataset, rejected: ray.data.Dataset, mailbox: Path, folder: Path,
+                 meta: IndexMeta) -> None:
     """The band index of the documents this run keeps: one part per partition, then the metadata."""
-
-    def write(group: pa.Table) -> pa.Table:
-        drop = group["_drop"]
-        part = group[PART][0].as_py()
-        index = index_table(group.filter(pc.invert(drop)), group.filter(drop))
-        write_parquet(index, folder / f"part-{part:05d}.parquet")
-        return pa.table({"part": [part]})
-
     folder.mkdir(parents=True, exist_ok=True)
-    rows = docs.select_columns(["key", HASHES, "_piece"]).map_batches(_index_rows, batch_format="pyarrow").union(
-        rejected.select_columns(["_piece", "_row"]).map_batches(_index_rows, batch_format="pyarrow"))
-    by_partition(rows, PARTITIONS).map_groups(write, batch_format="pyarrow").materialize()
+    for rows, columns in ((docs, ["key", HASHES, "_piece"]), (rejected, ["_piece", "_row"])):
+        rows.select_columns(columns).map_batches(_post_index_rows, fn_kwargs={"mailbox": mailbox},
+                                                 batch_format="pyarrow").materialize()
+    deliver(mailbox, _write_index_part, pa.schema([("part", pa.int64())]), folder=folder)
     write_meta(folder, meta)
 
 
@@ -362,10 +368,10 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.
         else:
             edges = deliver(scratch / "bands", bucket_pairs, EDGE_SCHEMA)
         rejected = _clusters(edges, fuzzy.clustering, settings.detail).materialize()
-        shutil.rmtree(scratch, ignore_errors=True)
         parent = os.path.relpath(Path(fuzzy.against).resolve(), run_root) if fuzzy.against else None
-        _write_index(docs, rejected, workdir / INDEX_DIR,
+        _write_index(docs, rejected, scratch / "index", workdir / INDEX_DIR,
                      IndexMeta(params=settings.index_params(), files=own, parent=parent))
+        shutil.rmtree(scratch, ignore_errors=True)
         return rejected
 
     return fuzzy_dedup

@@ -26,8 +26,10 @@ def test_a_retried_sender_rewrites_its_letters_and_receivers_read_in_name_order(
 
 
 def test_sender_names_differ_between_batches_and_repeat_on_retry():
-    assert sender_name(pa.array(["x", "y"])) == sender_name(pa.array(["x", "y"]))
-    assert sender_name(pa.array(["x", "y"])) != sender_name(pa.array(["y", "x"]))
+    batch = pa.table({"piece": [1, 1], "row": [7, 8]})
+    assert sender_name(batch, ["piece", "row"]) == sender_name(batch, ["piece", "row"])
+    assert sender_name(batch, ["piece", "row"]) != sender_name(batch.slice(1), ["piece", "row"])
+    assert sender_name(batch, ["piece", "row"]) != sender_name(batch.rename_columns(["a", "b"]), ["a", "b"])
 
 
 def forward_by_first_letter(table: pa.Table) -> pa.Table:

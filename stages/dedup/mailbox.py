@@ -22,10 +22,11 @@ import ray
 
 
 
-def sender_name(keys: pa.Array | pa.ChunkedArray) -> str:
-    """A name for a batch of documents, the same on every retry: batches are disjoint and keys unique,
-    so a batch's first key names it."""
-    return hashlib.sha256(keys[0].as_py().encode()).hexdigest()[:20]
+def sender_name(batch: pa.Table, identity: list[str]) -> str:
+    """A name for a batch of rows, the same on every retry: batches are disjoint and the `identity`
+    columns tell rows apart, so the batch's first row (and the columns' names) name it."""
+    first = [f"{c}={batch[c][0].as_py()}" for c in identity] if batch.num_rows else ["empty"]
+    return hashlib.sha256("\x00".join(first).encode()).hexdigest()[:20]
 
 
 BOX = "_box"  # the column naming each posted row's receiver

@@ -43,10 +43,9 @@ class RayAuthError(RuntimeError):
 
 # A Ray task reserves one CPU, so the Rust thread pools inside it (polars; tokenizers' rayon) get one
 # thread, as Ray already does for OpenMP: two tasks on two cores then run two threads, not four
-# competing ones. The driver keeps its pools (BPE training there uses every core). A worker runs
-# many threads (Ray's own, Arrow's) and glibc gives each its own heap arena, whose freed pages
-# stay with the process: two arenas cut an idle worker's heap by ~60 MB at 100k documents.
-WORKER_ENV = {"POLARS_MAX_THREADS": "1", "RAYON_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+# competing ones. The driver keeps its pools (BPE training there uses every core). (MALLOC_ARENA_MAX=2
+# was tried too: ~60 MB less per idle worker, but `sluice tokenize` 15 % slower.)
+WORKER_ENV = {"POLARS_MAX_THREADS": "1", "RAYON_NUM_THREADS": "1"}
 
 
 def release_freed_memory() -> None:

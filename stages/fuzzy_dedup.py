@@ -362,8 +362,8 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.
                                  batch_format="pyarrow").materialize()
         if settings.verify:
             hashing = {"files": files, "params": settings.minhash, "hash_batch": HASH_BATCH}
-            deliver(scratch / "bands", _pairs_by_node_file, EDGE_SCHEMA, forward_to=scratch / "pairs")
-            deliver(scratch / "pairs", _with_node_sets, EDGE_SCHEMA, forward_to=scratch / "sets", **hashing)
+            deliver(scratch / "bands", _pairs_by_node_file, forward_to=scratch / "pairs")
+            deliver(scratch / "pairs", _with_node_sets, forward_to=scratch / "sets", **hashing)
             edges = deliver(scratch / "sets", _verify, EDGE_SCHEMA, threshold=settings.threshold, **hashing)
         else:
             edges = deliver(scratch / "bands", bucket_pairs, EDGE_SCHEMA)

@@ -113,7 +113,9 @@ def encode_docs(tokenizer: Tokenizer, texts: list[str], eod_id: int | None, dtyp
     """Encode documents in one `encode_batch` call into an Arrow list column, with EOD appended."""
     encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
     lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
-    packed = array.array(np.dtype(dtype).char)  # each document's ids appended in C: ~2 % of encode, half of fromiter's
+    # each document's ids appended in C: out of Rust and packed in 3.6 % of the encode time, against
+    # 5.5 % for np.fromiter over one chained iterator (one-thread profile, real text)
+    packed = array.array(np.dtype(dtype).char)
     for encoding in encodings:
         packed.extend(encoding.ids)
     flat = np.frombuffer(packed, dtype)

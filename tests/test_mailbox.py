@@ -38,7 +38,7 @@ def forward_by_first_letter(table: pa.Table) -> pa.Table:
 
 def test_deliver_runs_each_box_once_and_forwards(ray_cluster, tmp_path):
     post(letters(["ax", "by", "az"], ["1", "1", "2"]), tmp_path / "first", "s")
-    listed = deliver(tmp_path / "first", forward_by_first_letter, pa.schema([]), forward_to=tmp_path / "second")
+    listed = deliver(tmp_path / "first", forward_by_first_letter, forward_to=tmp_path / "second")
     assert sorted(row["box"] for row in listed.take_all()) == ["a", "a", "b"]  # box 1 wrote a and b, box 2 a
     schema = pa.schema([("key", pa.string())])
     got = deliver(tmp_path / "second", lambda t: t.sort_by("key"), schema).take_all()

@@ -20,6 +20,8 @@ import polars as pl
 import pyarrow as pa
 import ray
 
+BOX = "_box"  # the column naming each posted row's receiver
+LETTERS = pa.schema([("box", pa.string())])  # what `post` returns: the box of each letter it wrote
 
 
 def sender_name(batch: pa.Table, identity: list[str]) -> str:
@@ -27,9 +29,6 @@ def sender_name(batch: pa.Table, identity: list[str]) -> str:
     columns tell rows apart, so the batch's first row (and the columns' names) name it."""
     first = [f"{c}={batch[c][0].as_py()}" for c in identity] if batch.num_rows else ["empty"]
     return hashlib.sha256("\x00".join(first).encode()).hexdigest()[:20]
-
-
-BOX = "_box"  # the column naming each posted row's receiver
 
 
 def post(rows: pa.Table, mailbox: Path, sender: str) -> pa.Table:
@@ -43,7 +42,7 @@ def post(rows: pa.Table, mailbox: Path, sender: str) -> pa.Table:
         with pa.OSFile(str(folder / f"{sender}.arrow"), "wb") as sink, pa.ipc.new_file(sink, letter.schema) as writer:
             writer.write_table(letter)
         boxes.append(str(box))
-    return pa.table({"box": pa.array(boxes, pa.string())})
+    return pa.table({"box": pa.array(boxes, pa.string())}, schema=LETTERS)
 
 
 def receive(box: Path) -> pa.Table:
@@ -55,23 +54,24 @@ def receive(box: Path) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def deliver(mailbox: Path, handle: Callable[..., pa.Table], schema: pa.Schema, forward_to: Path | None = None,
-            **kwargs) -> ray.data.Dataset:
-    """`handle(letters, **kwargs)` for each box's letters, one Ray task per box, boxes in name order;
-    the results, cast to `schema`, materialized. With `forward_to`, each result (rows with a BOX
-    column) is posted there instead, sent by the box it came from, and the dataset lists the letters."""
+def deliver(mailbox: Path, handle: Callable[..., pa.Table], schema: pa.Schema | None = None,
+            forward_to: Path | None = None, **kwargs) -> ray.data.Dataset:
+    """`handle(letters, **kwargs)` for each box's letters, one Ray task per box, boxes in name order,
+    materialized: either its results, cast to `schema`, or (with `forward_to`) the LETTERS it posted
+    there, each result (rows with a BOX column) sent on by the box it came from."""
+    if (schema is None) == (forward_to is None):
+        raise ValueError("deliver needs either a result schema or a mailbox to forward to")
+    out_schema = LETTERS if forward_to is not None else schema
     boxes = sorted(p.name for p in mailbox.iterdir()) if mailbox.is_dir() else []
-    if forward_to is not None:
-        schema = pa.schema([("box", pa.string())])
 
     def each(batch: pa.Table) -> pa.Table:
         out = []
         for box in batch["box"].to_pylist():
             result = handle(receive(mailbox / box), **kwargs)
             out.append(post(result, forward_to, box) if forward_to is not None else result)
-        return pa.concat_tables([t.select(schema.names).cast(schema) for t in out])
+        return pa.concat_tables([t.select(out_schema.names).cast(out_schema) for t in out])
 
     if not boxes:
-        return ray.data.from_arrow(schema.empty_table())
+        return ray.data.from_arrow(out_schema.empty_table())
     return ray.data.from_items([{"box": b} for b in boxes], override_num_blocks=len(boxes)).map_batches(
         each, batch_size=1, batch_format="pyarrow").materialize()

@@ -12,11 +12,14 @@ token auth on every path and fails at once, saying what to set, when it cannot h
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable, ParamSpec, TypeVar
 
+import pyarrow as pa
 import ray
 from ray.data.context import ShuffleStrategy
 
@@ -48,17 +51,36 @@ class RayAuthError(RuntimeError):
 WORKER_ENV = {"POLARS_MAX_THREADS": "1", "RAYON_NUM_THREADS": "1"}
 
 
-def release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc's `malloc_trim`; a no-op elsewhere).
+P = ParamSpec("P")
+R = TypeVar("R")
 
-    glibc keeps what a process frees in its arenas, so after one burst of allocation (BPE training
-    on the driver holds its sample's word counts) the process would carry that high-water mark
-    through the rest of the run.
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS: Arrow's allocator (mimalloc) and glibc's `malloc_trim`.
+
+    Both keep what a process frees for reuse, so after one burst of allocation (BPE training on the
+    driver, a worker's largest piece) the process would carry that high-water mark through the rest
+    of the run, and an idle worker would hold its last task's peak.
     """
+    pa.default_memory_pool().release_unused()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def releasing_memory(fn: Callable[P, R]) -> Callable[P, R]:
+    """`fn`, then `release_freed_memory()`: for the body of a Ray task, so the worker that ran it
+    goes back to idle without its peak (at 100k documents ~60 MB less per idle worker)."""
+
+    @functools.wraps(fn)
+    def released(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_freed_memory()
+
+    return released
 
 
 def _runtime_env(remote: bool) -> dict:

@@ -31,7 +31,7 @@ from pipeline.ledger import LedgerMismatch, StageCount, StageResult, rejected_ro
 from pipeline.progress import Progress
 from pipeline.readers.pieces import Piece, count_records, read_piece
 from pipeline.rundir import RunDir, atomic_dir, read_marker
-from pipeline.runtime import release_freed_memory
+from pipeline.runtime import release_freed_memory, releasing_memory
 from pipeline.schema import DECISION_SCHEMA, DOC_SCHEMA, KEPT_SCHEMA, REJECTED_SCHEMA, conform
 
 log = logging.getLogger("sluice")
@@ -221,6 +221,7 @@ def _finished_counts(run: RunDir, plan: Plan, index: int) -> list[dict] | None:
 
 
 @ray.remote(num_cpus=1)
+@releasing_memory
 def _run_piece(root: str, plan: Plan, index: int) -> tuple[list[dict], dict[str, float]]:
     """Every segment of one piece (skipping finished ones); returns the per-stage counts and the
     seconds each stage took here (timings stay out of markers, which must not change on a rerun)."""
@@ -302,6 +303,7 @@ def _piece_bytes(piece: Piece) -> int:
 # shuffle stages: small columns in, decisions out
 
 
+@releasing_memory
 def _piece_rows(item: dict, root: str, segment: str, columns: list[str], earlier: list[str]) -> pa.Table:
     """One piece's kept rows (only `columns`) with their row key, minus rows earlier stages rejected."""
     piece = int(item["piece"][0])

@@ -34,9 +34,10 @@ import pyarrow.parquet as pq
 import ray
 
 from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
+from pipeline.runtime import releasing_memory
+from pipeline.schema import DECISION_SCHEMA
 from stages.dedup.components import distributed_components, local_components
 from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, to_blobs
-from pipeline.schema import DECISION_SCHEMA
 from stages.dedup.keys import NEW, decisions, doc_keys, old_keys, parts
 from stages.dedup.mailbox import BOX, deliver, post, sender_name
 from stages.dedup import lsh
@@ -347,7 +348,7 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.
     earlier = Earlier.load(fuzzy.against, settings) if fuzzy.against else None
 
     def fuzzy_dedup(ds: ray.data.Dataset) -> ray.data.Dataset:
-        docs = ds.map_batches(sketch, fn_kwargs={"settings": settings}, batch_format="pyarrow").materialize()
+        docs = ds.map_batches(releasing_memory(sketch), fn_kwargs={"settings": settings}, batch_format="pyarrow").materialize()
         own = _piece_files(docs, run_root)
         scratch = workdir / SCRATCH
         posted = [docs]

@@ -20,6 +20,8 @@ import polars as pl
 import pyarrow as pa
 import ray
 
+from pipeline.runtime import releasing_memory
+
 BOX = "_box"  # the column naming each posted row's receiver
 LETTERS = pa.schema([("box", pa.string())])  # what `post` returns: the box of each letter it wrote
 
@@ -64,6 +66,7 @@ def deliver(mailbox: Path, handle: Callable[..., pa.Table], schema: pa.Schema | 
     out_schema = LETTERS if forward_to is not None else schema
     boxes = sorted(p.name for p in mailbox.iterdir()) if mailbox.is_dir() else []
 
+    @releasing_memory
     def each(batch: pa.Table) -> pa.Table:
         out = []
         for box in batch["box"].to_pylist():

@@ -2,7 +2,8 @@
 
 The tokenizer is a Hugging Face `tokenizer.json` given by path, or a byte-level BPE trained on a
 seeded sample of the curated documents: the documents with the smallest seeded hash of (source, id),
-chosen by Ray tasks per piece and merged as small bottom-k lists, so the driver holds only the sample.
+chosen by Ray tasks per piece and merged as small bottom-k lists; their texts stream from Ray tasks
+into the trainer, so the driver holds the sample's keys and one piece's texts at a time.
 
 The order. The input is the kept files in name order, cut into pieces (file, row group); a document's
 position is (piece << 32) + row. Each document has a 64-bit key: a seeded xxh64 of (source, id) when

@@ -348,7 +348,8 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.
     earlier = Earlier.load(fuzzy.against, settings) if fuzzy.against else None
 
     def fuzzy_dedup(ds: ray.data.Dataset) -> ray.data.Dataset:
-        docs = ds.map_batches(releasing_memory(sketch), fn_kwargs={"settings": settings}, batch_format="pyarrow").materialize()
+        docs = ds.map_batches(releasing_memory(sketch), fn_kwargs={"settings": settings},
+                              batch_format="pyarrow").materialize()
         own = _piece_files(docs, run_root)
         scratch = workdir / SCRATCH
         posted = [docs]

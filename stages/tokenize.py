@@ -278,9 +278,8 @@ def ray_map(items: list[dict], fn: Callable[[pa.Table], pa.Table], blocks: int |
     if not items:
         return
     ds = ray.data.from_items(items, override_num_blocks=min(blocks or len(items), len(items)))
-    for batch in ds.map_batches(releasing_memory(fn), batch_format="pyarrow", batch_size=1).iter_batches(batch_format="pyarrow",
-                                                                                       batch_size=None):
-        yield batch
+    results = ds.map_batches(releasing_memory(fn), batch_format="pyarrow", batch_size=1)
+    yield from results.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def tokenize_pieces(pieces: list[dict], task: Callable, ordering: Ordering, blocks: int | None) -> StreamCounts:

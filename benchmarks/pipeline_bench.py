@@ -11,7 +11,8 @@ For each corpus size this script
      the embedded Ray cluster's GCS, raylet and workers are children of the CLI, the workers of the
      raylet; anything that left the tree but kept the session is counted too, and said so). RSS
      summed counts a shared page once per process that maps it (libraries, Ray's shared-memory object
-     store), so the proportional set size summed (each page once) is printed beside it, every 1 s;
+     store), so the proportional set size summed (each page once) is printed beside it, every 1 s,
+     and so is each process's RSS at the tree's peak (where the memory lies);
   3. times the one-process floor of each row-local stage's core on a sample of the corpus: fastText
      predict, `quality.rules.evaluate` and MinHash signatures in a fresh process on one thread (one
      core, as each Ray task gets), `Tokenizer.encode_batch` in this process on every core,
@@ -195,6 +196,7 @@ class Measured:
     peak_tree_pss_mb: float = 0.0  # proportional set size: shared pages (libraries, Ray's object store) once
     peak_largest_mb: float = 0.0
     largest_name: str = ""
+    peak_parts: dict[str, list[float]] = field(default_factory=dict)  # at the tree's peak: label -> each process's MB
     max_processes: int = 0
     session_only: list[str] = field(default_factory=list)  # found only through the session, not as descendants
     names: list[str] = field(default_factory=list)
@@ -223,6 +225,27 @@ def _pss(pid: int) -> int:
         return 0
 
 
+def _label(p: psutil.Process) -> str:
+    """A process's name, or for a Python process the script or module it runs (Prefect's server, Ray's
+    dashboard and monitors are all `python` by name)."""
+    name = p.name()
+    if not name.startswith("python"):
+        return name
+    args = p.cmdline()[1:]
+    if "-m" in args[:-1]:
+        return args[args.index("-m") + 1]
+    return next((Path(a).name for a in args if a.endswith(".py")), name)
+
+
+def _parts(sizes: list[tuple[psutil.Process, int]]) -> dict[str, list[float]]:
+    """MB of each process by label, largest first: where a tree's peak lies."""
+    parts: dict[str, list[float]] = {}
+    for p, rss in sorted(sizes, key=lambda item: -item[1]):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            parts.setdefault(_label(p), []).append(round(rss / 1e6))
+    return parts
+
+
 def measure(cmd: list[str], env: dict[str, str]) -> Measured:
     """Run `cmd` in a new session; sample RSS (and every 1 s PSS) of every process in it; timestamp each
     output line."""
@@ -246,15 +269,17 @@ def measure(cmd: list[str], env: dict[str, str]) -> Measured:
         tree, extra = _tree(root)
         if sample % PSS_EVERY == 0:  # the kernel walks every mapping for it: sampled less often than RSS
             m.peak_tree_pss_mb = max(m.peak_tree_pss_mb, sum(_pss(p.pid) for p in tree) / 1e6)
-        total, largest, largest_name = 0, 0, ""
+        total, largest, largest_name, sizes = 0, 0, "", []
         for p in tree:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 rss, name = p.memory_info().rss, p.name()
                 total += rss
                 names.add(name)
+                sizes.append((p, rss))
                 if rss > largest:
                     largest, largest_name = rss, name
-        m.peak_tree_mb = max(m.peak_tree_mb, total / 1e6)
+        if total / 1e6 > m.peak_tree_mb:
+            m.peak_tree_mb, m.peak_parts = total / 1e6, _parts(sizes)
         if largest / 1e6 > m.peak_largest_mb:
             m.peak_largest_mb, m.largest_name = largest / 1e6, largest_name
         m.max_processes = max(m.max_processes, len(tree))
@@ -515,6 +540,10 @@ def print_size(result: dict, bands: int, rows: int) -> None:
         print(f"| {name}{note} | {r['wall_s']:,.1f} | {r['docs_per_s']:,.0f} | {r['mb_per_s']:,.2f} | "
               f"{r['peak_tree_mb']:,.0f} | {r['peak_tree_pss_mb']:,.0f} | {r['peak_largest_mb']:,.0f} "
               f"({r['largest_name']}) | {r['max_processes']} |")
+    for name, r in result["runs"].items():
+        if len(r["peak_parts"]) > 1:
+            parts = ", ".join(f"{label} {' + '.join(map(str, mbs))}" for label, mbs in r["peak_parts"].items())
+            print(f"{name}: tree peak by process, MB RSS: {parts}")
     dedup = result["runs"].get("sluice dedup")
     for peer in ("rensa", "datasketch"):
         if dedup and peer in result["runs"]:
@@ -528,7 +557,7 @@ def print_size(result: dict, bands: int, rows: int) -> None:
             print(f"{name}: measured {', '.join(core)} and {workers} distinct ray:: worker titles; found only by "
                   f"session (re-parented): {', '.join(r['session_only']) or 'none'}")
     if result["stages"]:
-        print(f"\n| stage of `sluice run` | seconds | rate | floor (one process) | ratio to floor | per worker |")
+        print("\n| stage of `sluice run` | seconds | rate | floor (one process) | ratio to floor | per worker |")
         print("|---|---:|---:|---:|---:|---:|")
         for stage, s in result["stages"].items():
             floor_name = ROW_LOCAL_FLOORS.get(stage, "")

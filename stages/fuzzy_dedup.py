@@ -2,16 +2,17 @@
 
 `threshold` is a true Jaccard of word (or character) n-gram sets. Bands x rows are chosen so a
 pair at the threshold becomes a candidate with probability >= 0.95; every candidate pair is then
-verified on the exact Jaccard of the two documents' shingle sets, rebuilt for candidates only by
-re-reading their texts (`_file`, `_row`). Verified pairs form a graph whose connected components
+verified on the exact Jaccard of the two documents' shingle sets. A new document's set is built
+with its signature, from the same shingle hashes, and kept in the stage's folder until
+verification reads it; an earlier run's document has its set rebuilt from its text. Verified pairs form a graph whose connected components
 are clusters; components are rooted at their smallest key, and keys sort in keeper order
 (`stages.dedup.keys`), so the root is the keeper and every other member of this run is rejected
 as its `near_duplicate`, whatever the worker or block count.
 
-Only small columns move, never texts: band rows (key, band, band hash) to their buckets, candidate
-pairs, and the shingle sets of candidate documents on their way to verification. Band rows and
-sets, the large exchanges, go through files in the stage's folder (`stages.dedup.mailbox`), not
-through Ray's object store.
+Only small columns move, never texts: band rows (key, band, band hash) to their buckets, and
+candidate pairs to the file of their node. Band rows, pairs and sets go through files in the
+stage's folder (`stages.dedup.mailbox`), not through Ray's object store; verification reads only
+the sets its pairs name, from memory-mapped letters.
 
 The kept documents' band hashes persist in `band_index/` with each document's (source, id) and
 where its text lives (piece file relative to the run root, row). With `dedup.fuzzy.against`, a
@@ -37,9 +38,9 @@ from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
 from pipeline.runtime import releasing_memory
 from pipeline.schema import DECISION_SCHEMA
 from stages.dedup.components import distributed_components, local_components
-from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, to_blobs
+from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, signatures_and_sets, to_blobs
 from stages.dedup.keys import NEW, decisions, doc_keys, old_keys, parts
-from stages.dedup.mailbox import BOX, deliver, post, sender_name
+from stages.dedup.mailbox import BOX, deliver, pick, post, sender_name
 from stages.dedup import lsh
 from stages.dedup.lsh import EDGE_SCHEMA, band_hashes, candidate_pairs, lsh_params
 from stages.dedup.minhash import MinHashParams, signatures
@@ -50,11 +51,11 @@ STAGE = "fuzzy_dedup"
 READS: tuple[str, ...] = ("source", "id", "text", "quality_score")
 REASON = "near_duplicate"
 INDEX_DIR = "band_index"
-SCRATCH = ".exchange"  # the stage's mailboxes (band rows, pairs, sets, index rows), removed when it ends
+SCRATCH = ".exchange"  # the stage's mailboxes (sets, band rows, pairs, index rows), removed when it ends
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
 PARTITIONS = 8  # shuffle partitions and index parts; fixed, so the index never depends on workers
-# Documents whose shingle sets are built at once: the hashing's temporaries are many times the text
-# (see stages.dedup.minhash.SIGNATURE_BATCH for the measured trade-off).
+# Documents of an earlier run whose shingle sets are rebuilt at once: the hashing's temporaries are
+# many times the text (see stages.dedup.minhash.SIGNATURE_BATCH for the measured trade-off).
 HASH_BATCH = 512
 # Up to this many verified edges, `clustering: auto` finds components on the driver.
 AUTO_LOCAL_EDGES = 2_000_000
@@ -104,14 +105,19 @@ class IndexMeta(Section):
 # ---------------------------------------------------------------- pure steps (no Ray)
 
 def sketch(rows: pa.Table, settings: Settings) -> pa.Table:
-    """Per document: its key, its file, and its band hashes."""
-    sigs = signatures(rows["text"], settings.minhash, settings.backend)
+    """Per document: its key, its file, and its band hashes; with `verify`, also its shingle set
+    (column SETS), built from the same hashes as the signature."""
+    if settings.verify:
+        sigs, sets = signatures_and_sets(rows["text"], settings.minhash, settings.backend)
+    else:
+        sigs = signatures(rows["text"], settings.minhash, settings.backend)
     hashes = band_hashes(sigs, settings.bands, settings.rows)
     flat = pa.array(hashes.reshape(-1), pa.uint64())
     offsets = pa.array(np.arange(0, len(flat) + 1, settings.bands, dtype=np.int32))
     files = rows["_file"] if "_file" in rows.column_names else pa.nulls(rows.num_rows, pa.string())
-    return pa.table([doc_keys(rows, settings.keep), rows["_piece"], files, pa.ListArray.from_arrays(offsets, flat)],
+    docs = pa.table([doc_keys(rows, settings.keep), rows["_piece"], files, pa.ListArray.from_arrays(offsets, flat)],
                     names=SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA)
+    return docs.append_column(SETS, to_blobs(sets)) if settings.verify else docs
 
 
 def band_rows(docs: pa.Table) -> pa.Table:
@@ -163,15 +169,17 @@ def process(rows: pa.Table, settings: Settings, earlier: "Earlier | None" = None
     """The whole stage on one in-memory table (columns source, id, text, _piece, _row; quality_score
     for the quality policy), against an earlier run's index when given."""
     docs = sketch(rows, settings)
-    everything = docs if earlier is None else pa.concat_tables([docs, earlier.docs()])
+    everything = docs.select(SKETCH_SCHEMA.names)
+    if earlier is not None:
+        everything = pa.concat_tables([everything, earlier.docs()])
     pairs = bucket_pairs(band_rows(everything))
     if settings.verify:
         keys = sorted(set(pairs["node"].to_pylist()) | set(pairs["root"].to_pylist()))
-        own = dict(zip(docs["key"].to_pylist(), rows["text"].to_pylist()))
-        old = [k for k in keys if k not in own]
-        texts = dict(zip(old, earlier.files.texts(old))) if old else {}
-        sets = shingle_sets([own[k] if k in own else texts[k] for k in keys], settings.minhash)
-        pairs = verified(pairs, dict(zip(keys, sets)), settings.threshold)
+        sets = {k: from_blob(b) for k, b in zip(docs["key"].to_pylist(), docs[SETS].to_pylist())}
+        old = [k for k in keys if k not in sets]
+        if old:
+            sets.update(rebuilt_sets(old, earlier.files, settings.minhash))
+        pairs = verified(pairs, sets, settings.threshold)
     rejected = decisions(local_components(pairs), REASON, settings.detail)
     return Outcome(rejected, index_table(docs, rejected))
 
@@ -224,6 +232,16 @@ def _read_old_docs(part_list: pa.Table) -> pa.Table:
     return pa.concat_tables(tables) if tables else SKETCH_SCHEMA.empty_table()
 
 
+def rebuilt_sets(keys: list[str], files: TextFiles, params: MinHashParams) -> dict[str, np.ndarray]:
+    """Earlier runs' documents' shingle sets, their texts re-read (each file once) and hashed
+    HASH_BATCH documents at a time, the hashing's temporaries being many times the text."""
+    texts = files.texts(keys)
+    sets: dict[str, np.ndarray] = {}
+    for i in range(0, len(keys), HASH_BATCH):
+        sets.update(zip(keys[i:i + HASH_BATCH], shingle_sets(texts[i:i + HASH_BATCH], params)))
+    return sets
+
+
 # ---------------------------------------------------------------- Ray wiring
 
 def _file_box(column: str) -> pl.Expr:
@@ -238,37 +256,47 @@ def _post_band_rows(docs: pa.Table, mailbox: Path) -> pa.Table:
     return post(rows.to_arrow(), mailbox, sender_name(docs, ["key"]))
 
 
+def _sketch(rows: pa.Table, settings: Settings, mailbox: Path) -> pa.Table:
+    """A batch's sketches; with `verify`, their shingle sets are posted to the box of their file,
+    where verification picks the ones it needs, and leave the table."""
+    docs = sketch(rows, settings)
+    if not settings.verify:
+        return docs
+    post(pl.from_arrow(docs.select(["key", SETS])).with_columns(_file_box("key")).to_arrow(), mailbox,
+         sender_name(docs, ["key"]))
+    return docs.drop_columns([SETS])
+
+
 def _pairs_by_node_file(rows: pa.Table) -> pa.Table:
     """A bucket partition's candidate pairs, each routed to the file of its node."""
     return pl.from_arrow(bucket_pairs(rows)).with_columns(_file_box("node")).to_arrow()
 
 
-def _shingle_sets_of(keys: list[str], files: TextFiles, params: MinHashParams, hash_batch: int) -> dict[str, np.ndarray]:
-    """Each document's shingle set, its text re-read from its file. A mailbox's keys lie in one
-    piece file, so the texts are read in one pass (bounded by the piece size) and hashed
-    `hash_batch` documents at a time, the hashing's temporaries being many times the text."""
-    texts = files.texts(keys)
-    sets: dict[str, np.ndarray] = {}
-    for i in range(0, len(keys), hash_batch):
-        sets.update(zip(keys[i:i + hash_batch], shingle_sets(texts[i:i + hash_batch], params)))
-    return sets
+@dataclass(frozen=True)
+class SetSource:
+    """Where verification finds a candidate's shingle set: a new document's among the letters the
+    sketch step posted, an earlier run's rebuilt from its text."""
+
+    letters: Path
+    files: TextFiles
+    params: MinHashParams
+
+    def sets(self, keys: list[str]) -> dict[str, np.ndarray]:
+        where = pl.DataFrame({"key": pl.Series(keys, dtype=pl.String)}) \
+            .with_columns(_file_box("key"), old=parts(pl.col("key"))["level"] > 0)
+        old = where.filter(pl.col("old"))["key"].to_list()
+        sets = rebuilt_sets(old, self.files, self.params) if old else {}
+        for (box,), group in where.filter(~pl.col("old")).group_by(BOX):
+            found = pick(self.letters / box, "key", group["key"].to_arrow())
+            sets.update(zip(found["key"].to_pylist(), map(from_blob, found[SETS].to_pylist())))
+        return sets
 
 
-def _with_node_sets(pairs: pa.Table, files: TextFiles, params: MinHashParams, hash_batch: int) -> pa.Table:
-    """One file's candidate pairs (the file of their nodes), each with its node's shingle set, routed
-    to the file of its root: one set per pair travels."""
-    df = pl.from_arrow(pairs.select(["node", "root"])).unique().with_columns(_file_box("root"))
-    sets = _shingle_sets_of(df["node"].unique().sort().to_list(), files, params, hash_batch)
-    return pa.table({"node": df["node"].to_arrow(), "root": df["root"].to_arrow(),
-                     SETS: to_blobs([sets[n] for n in df["node"].to_list()]), BOX: df[BOX].to_arrow()})
-
-
-def _verify(group: pa.Table, files: TextFiles, params: MinHashParams, threshold: float, hash_batch: int) -> pa.Table:
-    """One file's candidate pairs (the file of their roots) that reach the threshold, roots' sets read here."""
-    sets = _shingle_sets_of(sorted(set(group["root"].to_pylist())), files, params, hash_batch)
-    sets.update((k, from_blob(b)) for k, b in zip(group["node"].to_pylist(), group[SETS].to_pylist()))
-    pairs = pl.from_arrow(group.select(["node", "root"])).unique().sort(["node", "root"]).to_arrow()
-    return verified(pairs, sets, threshold)
+def _verify(pairs: pa.Table, source: SetSource, threshold: float) -> pa.Table:
+    """One box's candidate pairs that reach the threshold, with only the sets they name read."""
+    pairs = pl.from_arrow(pairs.select(["node", "root"])).unique().sort(["node", "root"]).to_arrow()
+    keys = pl.concat([pl.from_arrow(pairs["node"]), pl.from_arrow(pairs["root"])]).unique().sort().to_list()
+    return verified(pairs, source.sets(keys), threshold)
 
 
 def _collect(ds: ray.data.Dataset, schema: pa.Schema) -> pa.Table:
@@ -348,10 +376,10 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.
     earlier = Earlier.load(fuzzy.against, settings) if fuzzy.against else None
 
     def fuzzy_dedup(ds: ray.data.Dataset) -> ray.data.Dataset:
-        docs = ds.map_batches(releasing_memory(sketch), fn_kwargs={"settings": settings},
+        scratch = workdir / SCRATCH
+        docs = ds.map_batches(releasing_memory(_sketch), fn_kwargs={"settings": settings, "mailbox": scratch / SETS},
                               batch_format="pyarrow").materialize()
         own = _piece_files(docs, run_root)
-        scratch = workdir / SCRATCH
         posted = [docs]
         files = TextFiles()
         files.add_run(0, run_root, own)
@@ -363,10 +391,9 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.
             sketches.map_batches(_post_band_rows, fn_kwargs={"mailbox": scratch / "bands"},
                                  batch_format="pyarrow").materialize()
         if settings.verify:
-            hashing = {"files": files, "params": settings.minhash, "hash_batch": HASH_BATCH}
             deliver(scratch / "bands", _pairs_by_node_file, forward_to=scratch / "pairs")
-            deliver(scratch / "pairs", _with_node_sets, forward_to=scratch / "sets", **hashing)
-            edges = deliver(scratch / "sets", _verify, EDGE_SCHEMA, threshold=settings.threshold, **hashing)
+            edges = deliver(scratch / "pairs", _verify, EDGE_SCHEMA, threshold=settings.threshold,
+                            source=SetSource(scratch / SETS, files, settings.minhash))
         else:
             edges = deliver(scratch / "bands", bucket_pairs, EDGE_SCHEMA)
         rejected = _clusters(edges, fuzzy.clustering, settings.detail).materialize()

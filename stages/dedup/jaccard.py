@@ -2,8 +2,9 @@
 
 A document's shingle set is the set of 32-bit hashes of its shingles, the very values MinHash
 summarises (`stages.dedup.minhash.shingle_hashes`), so the S-curve of LSH and the verification
-speak about the same sets. Sets are built only for candidate documents, and travel as the raw
-bytes of a sorted uint32 array.
+speak about the same sets. A new document's set is built in the same pass as its signature, from
+the same hashes, and kept until verification needs it; it travels as the raw bytes of a sorted
+uint32 array.
 """
 from __future__ import annotations
 
@@ -12,20 +13,35 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from stages.dedup.minhash import MinHashParams, shingle_hashes
+from stages.dedup.minhash import Backend, MinHashParams, U32, batch_signatures, batches, shingle_hashes
 
 
-def shingle_sets(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, params: MinHashParams) -> list[np.ndarray]:
-    """Each document's sorted, distinct shingle hashes."""
-    hashes, doc = shingle_hashes(texts, params)
+def distinct_sets(hashes: np.ndarray, doc: np.ndarray, n: int) -> list[np.ndarray]:
+    """Each of `n` documents' sorted, distinct values of `shingle_hashes`."""
     packed = np.sort((doc.astype(np.uint64) << np.uint64(32)) | hashes.astype(np.uint64))
     first = np.ones(len(packed), bool)  # sort and mask: np.unique's hashing is ~10x slower here
     first[1:] = packed[1:] != packed[:-1]
     packed = packed[first]
     owner = (packed >> np.uint64(32)).astype(np.int64)
     values = (packed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    bounds = np.searchsorted(owner, np.arange(len(texts) + 1))
+    bounds = np.searchsorted(owner, np.arange(n + 1))
     return [values[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def shingle_sets(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, params: MinHashParams) -> list[np.ndarray]:
+    """Each document's sorted, distinct shingle hashes."""
+    return distinct_sets(*shingle_hashes(texts, params), len(texts))
+
+
+def signatures_and_sets(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, params: MinHashParams,
+                        backend: Backend = "numpy") -> tuple[np.ndarray, list[np.ndarray]]:
+    """`signatures(texts)` and `shingle_sets(texts)` from one hashing pass, the costly part of both."""
+    sigs, sets = [np.empty((0, params.num_perm), U32)], []
+    for batch in batches(texts):
+        hashes, doc = shingle_hashes(batch, params)
+        sigs.append(batch_signatures(hashes, doc, len(batch), params, backend))
+        sets.extend(distinct_sets(hashes, doc, len(batch)))
+    return np.concatenate(sigs), sets
 
 
 def to_blobs(sets: list[np.ndarray]) -> pa.Array:

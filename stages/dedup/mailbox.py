@@ -18,6 +18,7 @@ from typing import Callable
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from pipeline.runtime import releasing_memory
@@ -53,6 +54,18 @@ def receive(box: Path) -> pa.Table:
     for path in sorted(box.glob("*.arrow")):
         with pa.OSFile(str(path)) as source:  # read, not memory-mapped: pages go when the table does
             tables.append(pa.ipc.open_file(source).read_all())
+    return pa.concat_tables(tables)
+
+
+def pick(box: Path, column: str, values: pa.Array) -> pa.Table:
+    """The rows of `box`'s letters whose `column` is among `values`, read through a memory map, so
+    only the pages of the rows asked for (and of `column`) are read."""
+    tables = []
+    for path in sorted(box.glob("*.arrow")):
+        with pa.memory_map(str(path)) as source:
+            letter = pa.ipc.open_file(source).read_all()
+            wanted = pc.is_in(letter[column], value_set=values.cast(letter.schema.field(column).type))
+            tables.append(letter.filter(wanted))
     return pa.concat_tables(tables)
 
 

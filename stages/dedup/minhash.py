@@ -249,20 +249,26 @@ def _min_torch(mixed: np.ndarray, starts: np.ndarray, a: np.ndarray, b: np.ndarr
     return out.cpu().numpy().astype(U32)
 
 
-def signatures(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, params: MinHashParams,
-               backend: Backend = "numpy") -> np.ndarray:
-    """Text to (n, num_perm) uint32 MinHash signatures, shingling included.
+def batches(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray):
+    """`texts` SIGNATURE_BATCH documents at a time: per-shingle arrays cost tens of bytes per token,
+    too much to hold for a whole corpus at once."""
+    for lo in range(0, len(texts), SIGNATURE_BATCH):
+        yield texts[lo:lo + SIGNATURE_BATCH]
 
-    Works through SIGNATURE_BATCH documents at a time: per-shingle arrays cost tens of bytes per
-    token, too much to hold for a whole corpus at once.
-    """
-    if len(texts) > SIGNATURE_BATCH:
-        return np.concatenate([signatures(texts[lo:lo + SIGNATURE_BATCH], params, backend)
-                               for lo in range(0, len(texts), SIGNATURE_BATCH)])
-    hashes, doc = shingle_hashes(texts, params)
-    a, b = permutations(params.num_perm, params.seed)
-    if len(texts) == 0:
+
+def batch_signatures(hashes: np.ndarray, doc: np.ndarray, n: int, params: MinHashParams,
+                     backend: Backend = "numpy") -> np.ndarray:
+    """(n, num_perm) uint32 signatures of one batch's `shingle_hashes`: the permutation/min step."""
+    if n == 0:
         return np.empty((0, params.num_perm), U32)
-    starts = np.searchsorted(doc, np.arange(len(texts)))
+    a, b = permutations(params.num_perm, params.seed)
+    starts = np.searchsorted(doc, np.arange(n))
     mixed = _fmix(hashes, FMIX32, U32)
     return (_min_torch if backend == "torch" else _min_numpy)(mixed, starts, a, b)
+
+
+def signatures(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, params: MinHashParams,
+               backend: Backend = "numpy") -> np.ndarray:
+    """Text to (n, num_perm) uint32 MinHash signatures, shingling included."""
+    out = [batch_signatures(*shingle_hashes(batch, params), len(batch), params, backend) for batch in batches(texts)]
+    return np.concatenate(out) if out else np.empty((0, params.num_perm), U32)

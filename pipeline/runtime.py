@@ -37,6 +37,15 @@ QUIET_LOGGERS = {
     "ray.data._internal.progress": logging.ERROR,  # "progress bars disabled": the choice made here
     "ray.data._internal.execution.streaming_executor": logging.WARNING,  # "execution finished", per dataset
 }
+
+
+def _not_the_idle_cpu_warning(record: logging.LogRecord) -> bool:
+    """Drop Ray Data's "no available CPUs, the Dataset job will hang" warning: it fires when a stage's
+    dataset starts while the previous stage's workers still hold their CPUs for a moment, and Sluice
+    never parks actors on the CPUs, so the job does not hang."""
+    return "does not have any available CPUs" not in record.getMessage()
+
+
 OPT_OUT = "set `ray.allow_unauthenticated: true` in the config to accept a cluster without token auth"
 
 
@@ -195,6 +204,7 @@ def configure_data_context() -> None:
     ctx.execution_options.preserve_order = True
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    logging.getLogger("ray.data.dataset").addFilter(_not_the_idle_cpu_warning)  # once: addFilter skips repeats
 
 
 def dashboard_url() -> str | None:

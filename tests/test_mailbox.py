@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 
 from ray import cloudpickle
 
-from stages.dedup.mailbox import BOX, deliver, post, receive, sender_name
+from stages.dedup.mailbox import BOX, deliver, pick, post, receive, sender_name
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
@@ -44,3 +44,10 @@ def test_deliver_runs_each_box_once_and_forwards(ray_cluster, tmp_path):
     got = deliver(tmp_path / "second", lambda t: t.sort_by("key"), schema).take_all()
     assert [row["key"] for row in got] == ["ax", "az", "by"]  # box a (letters from 1 and 2), then box b
     assert deliver(tmp_path / "none", lambda t: t, schema).count() == 0
+
+
+def test_pick_reads_only_the_rows_asked_for_across_letters(tmp_path):
+    post(pa.table({"key": ["k1", "k2"], "v": [1, 2], BOX: ["a", "a"]}), tmp_path, "s1")
+    post(pa.table({"key": ["k3", "k4"], "v": [3, 4], BOX: ["a", "b"]}), tmp_path, "s2")
+    got = pick(tmp_path / "a", "key", pa.array(["k3", "k1", "k4", "absent"]))
+    assert got.to_pydict() == {"key": ["k1", "k3"], "v": [1, 3]}  # letters in name order; k4 is in box b

@@ -173,7 +173,8 @@ NO_DEDUP = {"exact": {"enabled": False}, "fuzzy": {"enabled": False}}
 
 
 def train_tokenizer(texts: list[str], out: Path) -> Path:
-    from stages.tokenize import DEFAULT_EOD, train_bpe
+    from stages.bpe import train_bpe
+    from stages.tokenize import DEFAULT_EOD
 
     train_bpe(texts, VOCAB, [DEFAULT_EOD]).save(str(out))
     return out

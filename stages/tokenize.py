@@ -44,7 +44,7 @@ import uuid
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -53,14 +53,15 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import ray
 import xxhash
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from pipeline.config import SluiceConfig, TokenizeConfig
 from pipeline.rundir import RunDir, atomic_dir
-from pipeline.runtime import release_freed_memory, releasing_memory
+from pipeline.runtime import releasing_memory
 from pipeline.manifest import (FORMAT, MANIFEST, ShardEntry, ShardError, ShardManifest, TokenizerInfo,
                                read_manifest, write_manifest)
 from pipeline.shardfile import SHARD_GLOB, TOKENIZER_FILE, file_sha256, shard_name, token_dtype, write_shard
+from stages.bpe import train_bpe_apart
 from stages.shard import ShardWindow, plan_windows, window_documents
 
 log = logging.getLogger("sluice")
@@ -75,17 +76,6 @@ HASH_BUCKET_BITS = 16  # shuffled keys are bucketed by their top bits: 65,536 co
 
 # ------------------------------------------------------------------------------------------------
 # the tokenizer
-
-
-def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
-    """A byte-level BPE (GPT-2 style): every string is encodable and decodes back exactly."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(texts, trainer)
-    return tokenizer
 
 
 def resolve_eod(tokenizer: Tokenizer, eod_token: str | None) -> tuple[str | None, int | None]:
@@ -436,10 +426,8 @@ def prepare_tokenizer(cfg: TokenizeConfig, files: list[Path], tokenizer_path: st
     specials = [DEFAULT_EOD if cfg.eod_token in (None, "auto") else cfg.eod_token]
     log.info("tokenize: training a byte-level BPE (vocab %d) on up to %d documents", cfg.vocab_size,
              cfg.train_sample_docs)
-    tokenizer = train_bpe(sample_texts(files, cfg.train_sample_docs, cfg.seed, blocks), cfg.vocab_size, specials)
-    release_freed_memory()  # the trainer's word and pair counts (~250 MB at the default sample size)
-    tokenizer.save(str(target))
-    return tokenizer
+    return train_bpe_apart(sample_texts(files, cfg.train_sample_docs, cfg.seed, blocks), cfg.vocab_size, specials,
+                           target)
 
 
 def write_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,

@@ -22,7 +22,8 @@ from pipeline.manifest import ShardError, read_manifest
 from pipeline.schema import DOC_SCHEMA
 from pipeline.shardfile import file_sha256, open_shard, token_view
 from stages.shard import inspect_shards, take_documents
-from stages.tokenize import append_shards, hash_keys, resolve_eod, sample_texts, tokenize_run, train_bpe
+from stages.bpe import train_bpe, train_bpe_apart
+from stages.tokenize import append_shards, hash_keys, resolve_eod, sample_texts, tokenize_run
 from stages.train.data import NewShardVersion, open_loaders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +122,20 @@ def test_trained_bpe_is_reproducible_and_round_trips(tmp_path, shared_data, ray_
     files = sorted((tmp_path / "a" / "kept").glob("*.parquet"))
     assert list(sample_texts(files, 50, seed=1)) != list(sample_texts(files, 50, seed=2))
     assert train_bpe(plays, 400, ["<|endoftext|>"]).to_str() == train_bpe(plays, 400, ["<|endoftext|>"]).to_str()
+
+
+def test_bpe_trained_in_a_child_process_writes_the_bytes_one_process_would(tmp_path, shared_data):
+    plays = [p for p in (shared_data / "tinyshakespeare/input.txt").read_text().split("\n\n") if p.strip()][:300]
+    texts = plays + ["Ünïcödé, emoji 🙂, CJK 漢字 and an empty one next", ""]
+    train_bpe(texts, 400, ["<|endoftext|>"]).save(str(tmp_path / "here.json"))
+    apart = train_bpe_apart(iter(texts), 400, ["<|endoftext|>"], tmp_path / "apart.json")
+    assert (tmp_path / "apart.json").read_bytes() == (tmp_path / "here.json").read_bytes()
+    assert apart.decode(apart.encode(texts[-2]).ids) == texts[-2]
+
+
+def test_a_bpe_child_that_fails_says_why(tmp_path):
+    with pytest.raises(RuntimeError, match=r"exited with \d+:\n(.|\n)*No such file"):
+        train_bpe_apart(["some text"], 300, [], tmp_path / "missing" / "tokenizer.json")
 
 
 def test_vocabulary_above_65536_gives_uint32(tmp_path, ray_cluster):

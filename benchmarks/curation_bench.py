@@ -223,8 +223,8 @@ def held_out_loss(train_dir: Path, tokenizer: Path, texts: dict[str, list[str]])
 
 def removal_table(run: Path) -> tuple[list, float, float]:
     data = load_run(run)
-    removal = label_removal(data.kept["label"], data.rejected)
-    kept = Counter(data.kept["label"].to_list())
+    removal = label_removal(data.kept, data.rejected)
+    kept = data.kept.labels
     noise = 1 - kept[CLEAN_LABEL] / max(1, sum(kept.values()))
     clean = next(r for r in removal if r.label == CLEAN_LABEL)
     return removal, noise, 1 - clean.recall

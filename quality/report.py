@@ -10,7 +10,8 @@ from __future__ import annotations
 import html
 import io
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +35,66 @@ WHY_SVG = ("Figures are matplotlib charts embedded as inline SVG: static vector 
            "self-contained file that opens offline.")
 
 
+# Fixed bins, so the counts of every file add up: lengths at 8 bins per decade from 1 to 10^8
+# characters, scores at 40 bins over [0, 1], language-ID scores at 1,000 (for their median).
+LENGTH_BINS = np.logspace(0, 8, 65)
+SCORE_BINS = np.linspace(0, 1, 41)
+MEDIAN_BINS = np.linspace(0, 1, 1001)
+
+
+def _histogram_counts(values: pl.Series, bins: np.ndarray) -> np.ndarray:
+    return np.histogram(np.clip(values.drop_nulls().to_numpy(), bins[0], bins[-1]), bins)[0]
+
+
+def _value_counts(values: pl.Series) -> Counter:
+    counts = values.drop_nulls().value_counts()
+    return Counter(dict(zip(counts[values.name].to_list(), counts["count"].to_list())))
+
+
+@dataclass
+class Tally:
+    """Counts over the kept or the rejected rows of a run, added up file by file: the report holds
+    counts, never a row per document, so its memory does not grow with the run."""
+
+    docs: int = 0
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(len(LENGTH_BINS) - 1, np.int64))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(len(SCORE_BINS) - 1, np.int64))
+    lang_scores: np.ndarray = field(default_factory=lambda: np.zeros(len(MEDIAN_BINS) - 1, np.int64))
+    langs: Counter = field(default_factory=Counter)  # kept: every row; rejected: rows rejected by language ID
+    labels: Counter = field(default_factory=Counter)
+    label_reasons: Counter = field(default_factory=Counter)  # (label, reason) of labelled rejected rows
+
+    def add(self, rows: pl.DataFrame) -> None:
+        self.docs += rows.height
+        self.lengths += _histogram_counts(rows["length"], LENGTH_BINS)
+        self.scores += _histogram_counts(rows["quality_score"], SCORE_BINS)
+        self.lang_scores += _histogram_counts(rows["lang_score"], MEDIAN_BINS)
+        rejected = "reason" in rows.columns
+        self.langs += _value_counts((rows.filter(pl.col("reason") == "language") if rejected else rows)["lang"])
+        self.labels += _value_counts(rows["label"])
+        if rejected:
+            pairs = rows.filter(pl.col("label").is_not_null()).group_by(["label", "reason"]).len()
+            self.label_reasons += Counter({(lab, why): n for lab, why, n in pairs.iter_rows()})
+
+    def median_lang_score(self) -> float | None:
+        """The median language-ID score, to the nearest 0.001 (the middle of its bin)."""
+        total = int(self.lang_scores.sum())
+        if not total:
+            return None
+        i = int(np.searchsorted(np.cumsum(self.lang_scores), (total + 1) / 2))
+        return float((MEDIAN_BINS[i] + MEDIAN_BINS[i + 1]) / 2)
+
+
 @dataclass
 class RunData:
-    """What the report reads from a run directory."""
+    """What the report reads from a run directory: counts, cluster sizes and a few sample rows."""
 
     root: Path
     summary: RunSummary
-    kept: pl.DataFrame  # length, lang, lang_score, quality_score, label (null where absent)
-    rejected: pl.DataFrame  # id, source, stage, reason, detail, duplicate_of, cluster_id, + the kept columns
+    kept: Tally
+    rejected: Tally
+    cluster_sizes: np.ndarray  # documents per duplicate cluster
+    samples: dict[str, list[dict]]  # per `stage: reason`, the first SAMPLES_PER_REASON rejected rows by id
     shard_tokens: list[tuple[str, int]]
     keep_policy: str
 
@@ -51,29 +104,50 @@ ANNOTATIONS = {"lang": pl.String, "lang_score": pl.Float64, "quality_score": pl.
 LEDGER = {c: pl.String for c in ("id", "source", "stage", "reason", "detail", "duplicate_of", "cluster_id")}
 
 
-def _read(folder: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
-    """These columns of a folder's Parquet files (null where a file lacks one), each text's `length`
-    and the input's `label` (meta.label, as the demo corpus and the curation benchmark write it);
-    texts themselves are not loaded, so a large run's documents never sit in memory at once."""
-    schema = {**columns, "length": pl.Int64, "label": pl.String}
-    frames = []
-    for f in sorted(folder.glob("*.parquet")):
-        present = pl.read_parquet_schema(f)
-        cols = [pl.col(c).cast(t) if c in present else pl.lit(None, t).alias(c) for c, t in columns.items()]
-        cols.append(pl.col("text").str.len_chars().cast(pl.Int64).alias("length") if "text" in present
-                    else pl.lit(None, pl.Int64).alias("length"))
-        cols.append(pl.col("meta").str.json_path_match("$.label").alias("label") if "meta" in present
-                    else pl.lit(None, pl.String).alias("label"))
-        frames.append(pl.scan_parquet(f).select(cols).collect())
-    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+def _read(path: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    """These columns of one Parquet file (null where it lacks one), each text's `length`, the input's
+    `label` (meta.label, as the demo corpus and the curation benchmark write it) and the row number."""
+    present = pl.read_parquet_schema(path)
+    cols = [pl.col(c).cast(t) if c in present else pl.lit(None, t).alias(c) for c, t in columns.items()]
+    cols.append(pl.col("text").str.len_chars().cast(pl.Int64).alias("length") if "text" in present
+                else pl.lit(None, pl.Int64).alias("length"))
+    cols.append(pl.col("meta").str.json_path_match("$.label").alias("label") if "meta" in present
+                else pl.lit(None, pl.String).alias("label"))
+    return pl.scan_parquet(path).select(cols).with_row_index("_row").collect()
 
 
-def _texts(folder: Path, ids: list[str]) -> dict[str, str]:
-    files = sorted(folder.glob("*.parquet"))
-    if not files or not ids:
-        return {}
-    found = pl.scan_parquet(files).filter(pl.col("id").is_in(ids)).select("id", "text").collect()
-    return dict(found.iter_rows())
+def _first_per_reason(rows: pl.DataFrame) -> pl.DataFrame:
+    return rows.sort(["stage", "reason", "id"], maintain_order=True).group_by(["stage", "reason"],
+                                                                              maintain_order=True).head(SAMPLES_PER_REASON)
+
+
+def _with_texts(picked: pl.DataFrame) -> dict[str, list[dict]]:
+    """The picked rows by `stage: reason`, each with its text, read from its own file."""
+    texts: dict[tuple[str, int], str | None] = {}
+    for (path,), rows in picked.group_by("_file", maintain_order=True):
+        found = pl.scan_parquet(path).with_row_index("_row").filter(pl.col("_row").is_in(rows["_row"].implode())) \
+            .select("_row", "text").collect()
+        texts.update(((path, r), text) for r, text in found.iter_rows())
+    out: dict[str, list[dict]] = {}
+    for row in picked.iter_rows(named=True):
+        out.setdefault(f"{row['stage']}: {row['reason']}", []).append(
+            {**row, "text": texts[(row["_file"], row["_row"])] or ""})
+    return out
+
+
+def _tally_rejected(folder: Path, tally: Tally) -> tuple[np.ndarray, dict[str, list[dict]]]:
+    """Add the rejected rows to `tally`, file by file; return the cluster sizes and the samples."""
+    clusters, firsts = [], []
+    key = pl.coalesce(pl.col("cluster_id"), pl.lit("=") + pl.col("duplicate_of")).alias("cluster")
+    for path in sorted(folder.glob("*.parquet")):
+        rows = _read(path, {**LEDGER, **ANNOTATIONS})
+        tally.add(rows)
+        clusters.append(rows.select(key).drop_nulls().group_by("cluster").len())
+        firsts.append(_first_per_reason(rows).with_columns(_file=pl.lit(str(path))))
+    sizes = pl.concat(clusters).group_by("cluster").agg(pl.col("len").sum())["len"].to_numpy() + 1 \
+        if clusters else np.array([], dtype=int)
+    picked = _first_per_reason(pl.concat(firsts)) if firsts else None
+    return np.sort(sizes), (_with_texts(picked) if picked is not None and picked.height else {})
 
 
 def _shard_tokens(run: Path) -> list[tuple[str, int]]:
@@ -102,9 +176,11 @@ def load_run(run_dir: str | Path) -> RunData:
         summary = load_summary(run)
     except FileNotFoundError:
         raise FileNotFoundError(f"{run / 'summary.json'} not found: is {run} a finished curate run?") from None
-    kept = _read(run / "kept", ANNOTATIONS)
-    rejected = _read(run / "rejected", {**LEDGER, **ANNOTATIONS})
-    return RunData(run, summary, kept, rejected, _shard_tokens(run), keep_policy(run))
+    kept, rejected = Tally(), Tally()
+    for path in sorted((run / "kept").glob("*.parquet")):
+        kept.add(_read(path, ANNOTATIONS))
+    sizes, picked = _tally_rejected(run / "rejected", rejected)
+    return RunData(run, summary, kept, rejected, sizes, picked, _shard_tokens(run), keep_policy(run))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,10 +229,14 @@ def reasons_figure(reasons: list[tuple[str, int]]) -> str:
 
 def _histogram(kept: np.ndarray, rejected: np.ndarray, bins: np.ndarray, title: str, xlabel: str,
                salt: str, log_x: bool = False) -> str:
+    """Kept and rejected counts per bin, drawn over the bins from the first to the last one used."""
+    used = np.flatnonzero(kept + rejected)
+    lo, hi = (int(used[0]), int(used[-1]) + 1) if used.size else (0, len(bins) - 1)
     fig, ax = _figure()
-    for values, color, label in ((kept, KEPT_COLOR, "kept"), (rejected, REJECTED_COLOR, "rejected")):
-        if len(values):
-            ax.hist(values, bins=bins, color=color, alpha=0.55, label=f"{label} ({len(values):,})")
+    for counts, color, label in ((kept, KEPT_COLOR, "kept"), (rejected, REJECTED_COLOR, "rejected")):
+        if counts.sum():
+            ax.stairs(counts[lo:hi], bins[lo:hi + 1], fill=True, color=color, alpha=0.55,
+                      label=f"{label} ({int(counts.sum()):,})")
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -166,15 +246,13 @@ def _histogram(kept: np.ndarray, rejected: np.ndarray, bins: np.ndarray, title: 
     return _svg(fig, salt)
 
 
-def length_figure(kept: np.ndarray, rejected: np.ndarray) -> str:
-    top = max(int(np.max(kept, initial=1)), int(np.max(rejected, initial=1)), 10)
-    bins = np.logspace(0, np.log10(top + 1), 40)
-    return _histogram(np.maximum(kept, 1), np.maximum(rejected, 1), bins,
-                      "Document length", "characters (log scale)", "length", log_x=True)
+def length_figure(kept: Tally, rejected: Tally) -> str:
+    return _histogram(kept.lengths, rejected.lengths, LENGTH_BINS, "Document length", "characters (log scale)",
+                      "length", log_x=True)
 
 
-def quality_figure(kept: np.ndarray, rejected: np.ndarray) -> str:
-    return _histogram(kept, rejected, np.linspace(0, 1, 41), "Quality classifier score", "score", "quality")
+def quality_figure(kept: Tally, rejected: Tally) -> str:
+    return _histogram(kept.scores, rejected.scores, SCORE_BINS, "Quality classifier score", "score", "quality")
 
 
 def language_figure(langs: list[tuple[str, int, int]]) -> str:
@@ -220,15 +298,9 @@ def rejection_counts(summary: RunSummary) -> list[tuple[str, int]]:
     return sorted(rows, key=lambda r: (-r[1], r[0]))
 
 
-def _value_counts(values: pl.Series) -> dict[str, int]:
-    counts = values.drop_nulls().value_counts()
-    return dict(zip(counts[values.name].to_list(), counts["count"].to_list()))
-
-
 def language_counts(data: RunData) -> list[tuple[str, int, int]]:
     """(language, kept, rejected by language ID) for the most frequent languages."""
-    kept = _value_counts(data.kept["lang"])
-    rejected = _value_counts(data.rejected.filter(pl.col("reason") == "language")["lang"])
+    kept, rejected = data.kept.langs, data.rejected.langs
     langs = sorted(kept.keys() | rejected.keys(), key=lambda x: (-(kept.get(x, 0) + rejected.get(x, 0)), x))
     return [(x, kept.get(x, 0), rejected.get(x, 0)) for x in langs[:TOP_LANGUAGES]]
 
@@ -249,43 +321,19 @@ class LabelRemoval:
     recall: float
 
 
-def label_removal(kept_labels: pl.Series, rejected: pl.DataFrame) -> list[LabelRemoval]:
+def label_removal(kept: Tally, rejected: Tally) -> list[LabelRemoval]:
     """Per-label removal figures from the kept rows' labels and the rejected rows' label + reason;
     empty when no row carries a label."""
-    kept = _value_counts(kept_labels)
-    labelled = rejected.filter(pl.col("label").is_not_null())
-    removed = _value_counts(labelled["label"])
+    removed = rejected.labels
     clean_removed = removed.get(CLEAN_LABEL, 0)
     out = []
-    for label in sorted(kept.keys() | removed.keys(), key=lambda x: (x != CLEAN_LABEL, x)):
-        n_removed, docs = removed.get(label, 0), kept.get(label, 0) + removed.get(label, 0)
-        reasons = labelled.filter(pl.col("label") == label).group_by("reason").len().sort(["len", "reason"],
-                                                                                          descending=[True, False])
+    for label in sorted(kept.labels.keys() | removed.keys(), key=lambda x: (x != CLEAN_LABEL, x)):
+        n_removed, docs = removed.get(label, 0), kept.labels.get(label, 0) + removed.get(label, 0)
+        reasons = sorted(((why, n) for (lab, why), n in rejected.label_reasons.items() if lab == label),
+                         key=lambda r: (-r[1], r[0]))
         precision = (n_removed / (n_removed + clean_removed) if n_removed + clean_removed else None) \
             if label != CLEAN_LABEL else None
-        out.append(LabelRemoval(label, docs, n_removed, list(reasons.head(3).iter_rows()), precision,
-                                n_removed / docs if docs else 0.0))
-    return out
-
-
-def cluster_sizes(rejected: pl.DataFrame) -> np.ndarray:
-    """Documents per duplicate cluster (fuzzy `cluster_id`, else the exact `duplicate_of` keeper):
-    its rejected members plus the one copy that was kept."""
-    key = pl.coalesce(pl.col("cluster_id"), pl.lit("=") + pl.col("duplicate_of")).alias("cluster")
-    counts = rejected.select(key).to_series().drop_nulls().value_counts()
-    return (counts["count"].to_numpy() + 1) if counts.height else np.array([], dtype=int)
-
-
-def samples(data: RunData) -> dict[str, list[dict]]:
-    """A few rejected documents per `stage: reason`, the first ones by id (deterministic)."""
-    if not data.rejected.height:
-        return {}
-    picked = data.rejected.sort(["stage", "reason", "id"]).group_by(["stage", "reason"], maintain_order=True) \
-        .head(SAMPLES_PER_REASON)
-    texts = _texts(data.root / "rejected", picked["id"].to_list())
-    out: dict[str, list[dict]] = {}
-    for row in picked.iter_rows(named=True):
-        out.setdefault(f"{row['stage']}: {row['reason']}", []).append({**row, "text": texts.get(row["id"], "")})
+        out.append(LabelRemoval(label, docs, n_removed, reasons[:3], precision, n_removed / docs if docs else 0.0))
     return out
 
 
@@ -359,18 +407,16 @@ def render_html(data: RunData, title: str) -> str:
     ]
     langs = language_counts(data)
     if langs:
-        scores = data.kept["lang_score"].drop_nulls()
-        note = f'<p class="note">Median language-ID score of kept documents: {scores.median():.3f}.</p>' \
-            if scores.len() else ""
+        median = data.kept.median_lang_score()
+        note = f'<p class="note">Median language-ID score of kept documents: {median:.3f}.</p>' \
+            if median is not None else ""
         parts.append(_section("Language distribution", _fig(language_figure(langs)), note))
-    parts.append(_section("Document length", _fig(length_figure(
-        data.kept["length"].drop_nulls().to_numpy(), data.rejected["length"].drop_nulls().to_numpy()))))
-    kept_scores, rejected_scores = (df["quality_score"].drop_nulls().to_numpy() for df in (data.kept, data.rejected))
-    if kept_scores.size or rejected_scores.size:
-        parts.append(_section("Quality score", _fig(quality_figure(kept_scores, rejected_scores)), (
+    parts.append(_section("Document length", _fig(length_figure(data.kept, data.rejected))))
+    if data.kept.scores.sum() or data.rejected.scores.sum():
+        parts.append(_section("Quality score", _fig(quality_figure(data.kept, data.rejected)), (
             '<p class="note">Calibrated probability of high quality (quality/models/MODEL_CARD.md); '
             "rejected: every rejected document that was scored, whatever rejected it.</p>")))
-    removal = label_removal(data.kept["label"], data.rejected)
+    removal = label_removal(data.kept, data.rejected)
     if removal:
         parts.append(_section("Removal by label", _table(
             ["label", "documents", "removed", "recall (removed share)", "precision vs clean", "top reasons"],
@@ -378,14 +424,14 @@ def render_html(data: RunData, title: str) -> str:
               ", ".join(f"{reason} {n:,}" for reason, n in r.top_reasons)] for r in removal], {1, 2}),
             '<p class="note">Labels say how each input document was made (meta.label). Precision of a junk '
             "label: its removals among its own and the clean documents' removals.</p>"))
-    sizes = cluster_sizes(data.rejected)
+    sizes = data.cluster_sizes
     if sizes.size:
         parts.append(_section("Duplicate clusters", _fig(cluster_figure(sizes)),
                               f'<p class="note">{sizes.size:,} clusters, largest {int(sizes.max()):,} documents; '
                               f"keeper policy (dedup.keep): {_e(data.keep_policy)}.</p>"))
     if data.shard_tokens:
         parts.append(_section("Tokens per shard", _fig(shards_figure(data.shard_tokens))))
-    parts.append(_section("Sample rejected documents", _samples_html(samples(data))))
+    parts.append(_section("Sample rejected documents", _samples_html(data.samples)))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{CSS}</style></head><body><main><h1>Data-quality report</h1>"
             f'<p class="note">{_e(title)}</p><div class="cards">{cards}</div>{"".join(parts)}'

@@ -141,7 +141,7 @@ def test_report_is_one_offline_file_with_every_section(run_dir):
 
 def test_report_escapes_sample_documents(run_dir):
     html = report.write_report(run_dir).read_text()
-    samples = report.samples(report.load_run(run_dir))
+    samples = report.load_run(run_dir).samples
     assert samples and all(1 <= len(docs) <= report.SAMPLES_PER_REASON for docs in samples.values())
     markup = [d["text"] for docs in samples.values() for d in docs if "<" in d["text"][:report.SAMPLE_CHARS]]
     assert markup, "the sample should include a page with markup in its text"
@@ -178,21 +178,29 @@ def page_requests(net_log: Path) -> list[str]:
 
 def test_report_reads_typed_columns_and_the_manifest(run_dir):
     data = report.load_run(run_dir)
+    kept_rows, rejected_rows = (pl.read_parquet(run_dir / side / "*.parquet") for side in ("kept", "rejected"))
     langs = dict((lang, (kept, rejected)) for lang, kept, rejected in report.language_counts(data))
-    assert langs["en"][0] == data.kept.height  # allow: [en]
-    by_langid = data.rejected.filter(pl.col("reason") == "language")["lang"].value_counts()
+    assert langs["en"][0] == data.kept.docs == kept_rows.height  # allow: [en]
+    by_langid = rejected_rows.filter(pl.col("reason") == "language")["lang"].value_counts()
     by_langid = dict(zip(by_langid["lang"].to_list(), by_langid["count"].to_list()))
     assert len(by_langid) > 3 and all(rejected == by_langid.get(lang, 0) for lang, (_, rejected) in langs.items())
     assert data.shard_tokens[0][0] == "shard-00000.arrow" and sum(t for _, t in data.shard_tokens) > 0
-    low = data.rejected.filter(pl.col("reason") == "low_quality")
+    low = rejected_rows.filter(pl.col("reason") == "low_quality")
     assert low.height and low["quality_score"].null_count() == 0 and low["quality_score"].max() < 0.5
-    assert data.kept["quality_score"].min() >= 0.5
+    below_half = int(np.searchsorted(report.SCORE_BINS, 0.5))  # the bins of [0, 0.5)
+    assert data.kept.scores[:below_half].sum() == 0 and data.kept.scores.sum() == kept_rows.height
+    assert data.rejected.scores.sum() == rejected_rows["quality_score"].drop_nulls().len()
+    assert abs(data.kept.median_lang_score() - kept_rows["lang_score"].median()) <= 0.001
+    assert data.kept.lengths.sum() == kept_rows.height and data.rejected.docs == rejected_rows.height
+    clusters = rejected_rows.select(pl.coalesce("cluster_id", pl.lit("=") + pl.col("duplicate_of"))).to_series()
+    assert data.cluster_sizes.tolist() == sorted((clusters.drop_nulls().value_counts()["count"] + 1).to_list())
+    assert data.cluster_sizes.size > 0
 
 
 def test_removal_by_label(run_dir):
     """SMS and YouTube spam against WikiText-2: the spam label is mostly removed, clean mostly kept."""
-    removal = {r.label: r for r in report.label_removal(report.load_run(run_dir).kept["label"],
-                                                        report.load_run(run_dir).rejected)}
+    data = report.load_run(run_dir)
+    removal = {r.label: r for r in report.label_removal(data.kept, data.rejected)}
     assert list(removal) == ["clean", "spam", "web"]
     assert removal["spam"].docs == 360 and removal["spam"].recall > 0.9
     assert removal["spam"].precision > 0.9 and removal["clean"].precision is None

@@ -117,8 +117,8 @@ def _read(path: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
 
 
 def _first_per_reason(rows: pl.DataFrame) -> pl.DataFrame:
-    return rows.sort(["stage", "reason", "id"], maintain_order=True).group_by(["stage", "reason"],
-                                                                              maintain_order=True).head(SAMPLES_PER_REASON)
+    ordered = rows.sort(["stage", "reason", "id"], maintain_order=True)
+    return ordered.group_by(["stage", "reason"], maintain_order=True).head(SAMPLES_PER_REASON)
 
 
 def _with_texts(picked: pl.DataFrame) -> dict[str, list[dict]]:

@@ -4,10 +4,11 @@
 pair at the threshold becomes a candidate with probability >= 0.95; every candidate pair is then
 verified on the exact Jaccard of the two documents' shingle sets. A new document's set is built
 with its signature, from the same shingle hashes, and kept in the stage's folder until
-verification reads it; an earlier run's document has its set rebuilt from its text. Verified pairs form a graph whose connected components
-are clusters; components are rooted at their smallest key, and keys sort in keeper order
-(`stages.dedup.keys`), so the root is the keeper and every other member of this run is rejected
-as its `near_duplicate`, whatever the worker or block count.
+verification reads it; an earlier run's document has its set rebuilt from its text. Verified
+pairs form a graph whose connected components are clusters; components are rooted at their
+smallest key, and keys sort in keeper order (`stages.dedup.keys`), so the root is the keeper and
+every other member of this run is rejected as its `near_duplicate`, whatever the worker or block
+count.
 
 Only small columns move, never texts: band rows (key, band, band hash) to their buckets, and
 candidate pairs to the file of their node. Band rows, pairs and sets go through files in the

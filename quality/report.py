@@ -117,6 +117,7 @@ def _read(path: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
 
 
 def _first_per_reason(rows: pl.DataFrame) -> pl.DataFrame:
+    """The first SAMPLES_PER_REASON rows by id of each (stage, reason): of every file, then of those."""
     ordered = rows.sort(["stage", "reason", "id"], maintain_order=True)
     return ordered.group_by(["stage", "reason"], maintain_order=True).head(SAMPLES_PER_REASON)
 

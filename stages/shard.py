@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -61,34 +62,50 @@ def plan_windows(bucket_docs: np.ndarray, bucket_tokens: np.ndarray, tokens_per_
             if a <= b and occupied[b + 1] > occupied[a]]
 
 
-def window_documents(docs: pa.Table, window: ShardWindow, tokens_per_shard: int, sort_keys: list[str]) -> pa.Table:
-    """The documents of one shard, in order, from every document of the window's buckets (in any order)."""
-    order = pc.sort_indices(docs, sort_keys=[(k, "ascending") for k in sort_keys]).to_numpy()
-    lengths = pc.list_value_length(docs["tokens"]).to_numpy()[order]
-    starts = window.base + np.cumsum(lengths, dtype=np.int64) - lengths
-    return take_documents(docs, order[shard_of(starts, tokens_per_shard) == window.index])
+def window_documents(slices: Callable[[], Iterable[pa.Table]], window: ShardWindow, tokens_per_shard: int,
+                     sort_keys: list[str]) -> pa.Table:
+    """The documents of one shard, in order, from every document of the window's buckets.
 
-
-def take_documents(docs: pa.Table, rows: np.ndarray) -> pa.Table:
-    """`docs.take(rows)`, with each document's `tokens` copied as one run straight from its chunk
-    (memory-mapped scratch): Arrow's take on a list column builds an 8-byte index per token, which
-    made a 50M-token shard cost its worker 0.5 GB more."""
-    rows = np.asarray(rows, np.int64)
-    chunks = docs["tokens"].chunks
-    bounds = np.cumsum([0] + [len(c) for c in chunks])
-    chunk_of = np.searchsorted(bounds, rows, side="right") - 1
-    local = rows - bounds[chunk_of]
-    values = [c.flatten().to_numpy() for c in chunks]  # zero-copy: the values a (sliced) chunk covers
-    offsets = [c.offsets.to_numpy() for c in chunks]
-    runs = [(values[c][offsets[c][r] - offsets[c][0]:offsets[c][r + 1] - offsets[c][0]])
-            for c, r in zip(chunk_of.tolist(), local.tolist())]
-    value_type = docs.schema.field("tokens").type.value_type
-    flat = np.concatenate(runs) if runs else np.empty(0, value_type.to_pandas_dtype())
-    new_offsets = np.zeros(len(rows) + 1, np.int32)
-    np.cumsum([len(r) for r in runs], out=new_offsets[1:])
-    taken = pa.ListArray.from_arrays(pa.array(new_offsets), pa.array(flat, value_type))
-    column = docs.schema.get_field_index("tokens")
-    return docs.drop_columns(["tokens"]).take(rows).add_column(column, docs.schema.field(column), taken)
+    `slices()` yields those documents as tables (one per scratch file, in any order) and is called
+    twice: first for the order, from every column but `tokens`; then to copy each chosen document's
+    tokens as one run straight from its slice (memory-mapped scratch) into the shard's one token
+    array. A slice can go, and its file's map close, before the next is made, so a worker holds the
+    shard's tokens and one file's mapped pages, not every file's at once; and no 8-byte index per
+    token is built, as Arrow's take on a list column would (0.5 GB more for a 50M-token shard).
+    """
+    small, lengths = [], []
+    for i, part in enumerate(slices()):
+        n = part.num_rows
+        small.append(part.drop_columns(["tokens"]).append_column("_slice", pa.array(np.full(n, i, np.int32)))
+                     .append_column("_row", pa.array(np.arange(n, dtype=np.int64))))
+        lengths.append(pc.list_value_length(part["tokens"]).to_numpy().astype(np.int64))
+        value_type = part.schema.field("tokens").type.value_type
+        column = part.schema.get_field_index("tokens")
+        field = part.schema.field("tokens")
+    if not small:
+        raise ValueError(f"shard window {window.index} holds no documents")
+    index = pa.concat_tables(small)
+    all_lengths = np.concatenate(lengths)
+    order = pc.sort_indices(index, sort_keys=[(k, "ascending") for k in sort_keys]).to_numpy()
+    starts = window.base + np.cumsum(all_lengths[order], dtype=np.int64) - all_lengths[order]
+    chosen = order[shard_of(starts, tokens_per_shard) == window.index]
+    picked = index.take(pa.array(chosen))
+    del index, small
+    offsets = np.zeros(len(chosen) + 1, np.int64)
+    np.cumsum(all_lengths[chosen], out=offsets[1:])
+    flat = np.empty(int(offsets[-1]), value_type.to_pandas_dtype())
+    slice_of, row_of = picked["_slice"].to_numpy(), picked["_row"].to_numpy()
+    for i, part in enumerate(slices()):
+        mine = np.flatnonzero(slice_of == i)
+        if not mine.size:
+            continue
+        tokens = part["tokens"].combine_chunks()
+        values = tokens.flatten().to_numpy()  # zero-copy: the values the (sliced) array covers
+        starts_in = tokens.offsets.to_numpy() - tokens.offsets[0].as_py()
+        for j, r in zip(mine.tolist(), row_of[mine].tolist()):
+            flat[offsets[j]:offsets[j + 1]] = values[starts_in[r]:starts_in[r + 1]]
+    runs = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat, value_type))
+    return picked.drop_columns(["_slice", "_row"]).add_column(column, field, runs)
 
 
 def inspect_shards(shard_dir: str | Path, samples: int = 3, width: int = 40) -> str:

@@ -285,17 +285,17 @@ def tokenize_pieces(pieces: list[dict], task: Callable, ordering: Ordering, bloc
 WRITTEN = pa.schema([("window", pa.int64()), ("entry", pa.string())])
 
 
-def read_buckets(scratch: Path, spans: PieceSpans, ordering: Ordering, window: ShardWindow) -> pa.Table:
-    """Every document of the window's buckets, from the scratch files of the pieces that hold any."""
+def window_slices(scratch: Path, spans: PieceSpans, ordering: Ordering, window: ShardWindow) -> Iterator[pa.Table]:
+    """Every document of the window's buckets, a slice of each scratch file that holds any, one
+    file mapped at a time."""
     lo, hi = ordering.key_range(window.first_bucket, window.last_bucket)
-    parts = []
     for piece in spans.holding(window.first_bucket, window.last_bucket):
         table = read_scratch(scratch_file(scratch, piece))
         keys = table[KEY].chunk(0).to_numpy()
         a = int(np.searchsorted(keys, np.uint64(lo)))
         b = int(np.searchsorted(keys, np.uint64(hi))) if hi < 1 << 64 else len(keys)
-        parts.append(table.slice(a, b - a))
-    return pa.concat_tables(parts)
+        yield table.slice(a, b - a)
+        del table, keys
 
 
 def make_shard_task(scratch: Path, spans: PieceSpans, ordering: Ordering, tokens_per_shard: int, version: int,
@@ -306,8 +306,8 @@ def make_shard_task(scratch: Path, spans: PieceSpans, ordering: Ordering, tokens
         rows = []
         for w in windows.to_pylist():
             window = ShardWindow(**w)
-            docs = window_documents(read_buckets(scratch, spans, ordering, window), window, tokens_per_shard,
-                                    [KEY, POSITION])
+            docs = window_documents(functools.partial(window_slices, scratch, spans, ordering, window), window,
+                                    tokens_per_shard, [KEY, POSITION])
             if docs.num_rows:
                 entry = write_shard(scratch / f"window-{window.index:012d}.arrow", docs, version, dtype)
                 rows.append({"window": window.index, "entry": entry.model_dump_json()})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
@@ -21,7 +22,7 @@ from pipeline.config import SluiceConfig
 from pipeline.manifest import ShardError, read_manifest
 from pipeline.schema import DOC_SCHEMA
 from pipeline.shardfile import file_sha256, open_shard, token_view
-from stages.shard import inspect_shards, take_documents
+from stages.shard import ShardWindow, inspect_shards, window_documents
 from stages.bpe import train_bpe, train_bpe_apart
 from stages.tokenize import append_shards, hash_keys, resolve_eod, sample_texts, tokenize_run
 from stages.train.data import NewShardVersion, open_loaders
@@ -367,11 +368,20 @@ def test_killed_append_retried_equals_a_clean_append(tmp_path, docs, shared_data
         append_shards(batch2, clean, config(tokens_per_shard=5_000, tokenizer=str(shared_data / NEOX), eod_token=None))
 
 
-@pytest.mark.parametrize("rows", [[4, 0, 2, 5, 1], [3], []])
-def test_take_documents_equals_arrow_take_on_sliced_chunks(rows):
-    """The shard writer's own take (whole token runs, no per-token index) gives Arrow's take exactly,
-    from chunks that are slices of larger arrays, as scratch files are read."""
+@pytest.mark.parametrize("tokens_per_shard", [3, 5, 100])
+def test_window_documents_equal_arrow_sort_and_take_on_sliced_files(tokens_per_shard):
+    """The shard writer's own gather (whole token runs copied file by file, no per-token index) gives
+    exactly Arrow's sort and take, from slices of larger arrays, as scratch files are read."""
     lists = pa.array([[1, 2], [], [3, 4, 5], [6], [7, 8], [9], [10, 11, 12]], pa.list_(pa.uint16()))
-    table = pa.table({"doc_id": [str(i) for i in range(7)], "tokens": lists})
-    docs = pa.concat_tables([table.slice(1, 3), table.slice(4, 3)])
-    assert take_documents(docs, np.array(rows, np.uint64)).equals(docs.take(pa.array(rows, pa.int64())))
+    table = pa.table({"doc_id": [str(i) for i in range(7)], "tokens": lists,
+                      "key": pa.array([5, 1, 4, 2, 6, 3, 0], pa.uint64())})
+    slices = [table.slice(1, 3), table.slice(4, 3)]
+    everything = pa.concat_tables(slices).sort_by("key")
+    lengths = pc.list_value_length(everything["tokens"]).to_numpy()
+    starts = np.cumsum(lengths) - lengths
+    for index in sorted(set((starts // tokens_per_shard).tolist())):
+        window = ShardWindow(index, 0, 0, 0)
+        got = window_documents(lambda: iter(slices), window, tokens_per_shard, ["key"])
+        assert got.equals(everything.filter(pa.array(starts // tokens_per_shard == index)))
+
+

@@ -3,7 +3,8 @@
 The tokenizer is a Hugging Face `tokenizer.json` given by path, or a byte-level BPE trained on a
 seeded sample of the curated documents: the documents with the smallest seeded hash of (source, id),
 chosen by Ray tasks per piece and merged as small bottom-k lists; their texts stream from Ray tasks
-into the trainer, so the driver holds the sample's keys and one piece's texts at a time.
+through the driver into the trainer, a child process (`stages.bpe`), so the driver holds the
+sample's keys and one piece's texts at a time, and never the trainer's counts.
 
 The order. The input is the kept files in name order, cut into pieces (file, row group); a document's
 position is (piece << 32) + row. Each document has a 64-bit key: a seeded xxh64 of (source, id) when
@@ -16,8 +17,8 @@ Two Ray Data passes, the driver holding only counts (never documents or tokens):
     bits when shuffled, the piece when not: both cut the stream into consecutive runs).
  2. shard: the driver sums the bucket counts and plans the shard windows (`stages.shard.plan_windows`);
     a task per window reads the buckets it needs from the scratch files (memory-mapped, found by
-    binary search on the sorted key), orders them, keeps the documents that start in its window and
-    writes the shard; it returns only the shard's manifest entry.
+    binary search on the sorted key, one file mapped at a time), orders them, keeps the documents
+    that start in its window and writes the shard; it returns only the shard's manifest entry.
 The driver then renames the shards to consecutive names and writes `manifest.json` from the entries.
 The shard folder is built under a temporary name and renamed into place, so a rerun either skips it
 (same fingerprint) or rebuilds it whole.

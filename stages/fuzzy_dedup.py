@@ -176,8 +176,9 @@ def process(rows: pa.Table, settings: Settings, earlier: "Earlier | None" = None
     pairs = bucket_pairs(band_rows(everything))
     if settings.verify:
         keys = sorted(set(pairs["node"].to_pylist()) | set(pairs["root"].to_pylist()))
-        sets = {k: from_blob(b) for k, b in zip(docs["key"].to_pylist(), docs[SETS].to_pylist())}
-        old = [k for k in keys if k not in sets]
+        blobs = dict(zip(docs["key"].to_pylist(), docs[SETS].to_pylist()))
+        sets = {k: from_blob(blobs[k]) for k in keys if k in blobs}
+        old = [k for k in keys if k not in blobs]
         if old:
             sets.update(rebuilt_sets(old, earlier.files, settings.minhash))
         pairs = verified(pairs, sets, settings.threshold)

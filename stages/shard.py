@@ -79,11 +79,11 @@ def window_documents(slices: Callable[[], Iterable[pa.Table]], window: ShardWind
         small.append(part.drop_columns(["tokens"]).append_column("_slice", pa.array(np.full(n, i, np.int32)))
                      .append_column("_row", pa.array(np.arange(n, dtype=np.int64))))
         lengths.append(pc.list_value_length(part["tokens"]).to_numpy().astype(np.int64))
-        value_type = part.schema.field("tokens").type.value_type
-        column = part.schema.get_field_index("tokens")
-        field = part.schema.field("tokens")
+        schema = part.schema
     if not small:
         raise ValueError(f"shard window {window.index} holds no documents")
+    column = schema.get_field_index("tokens")
+    value_type = schema.field(column).type.value_type
     index = pa.concat_tables(small)
     all_lengths = np.concatenate(lengths)
     order = pc.sort_indices(index, sort_keys=[(k, "ascending") for k in sort_keys]).to_numpy()
@@ -105,7 +105,7 @@ def window_documents(slices: Callable[[], Iterable[pa.Table]], window: ShardWind
         for j, r in zip(mine.tolist(), row_of[mine].tolist()):
             flat[offsets[j]:offsets[j + 1]] = values[starts_in[r]:starts_in[r + 1]]
     runs = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat, value_type))
-    return picked.drop_columns(["_slice", "_row"]).add_column(column, field, runs)
+    return picked.drop_columns(["_slice", "_row"]).add_column(column, schema.field(column), runs)
 
 
 def inspect_shards(shard_dir: str | Path, samples: int = 3, width: int = 40) -> str:

@@ -10,7 +10,6 @@ import logging
 import time
 from functools import partial
 
-import ray
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
@@ -20,7 +19,7 @@ from pipeline.config import SluiceConfig
 from pipeline.ledger import StageCount
 from pipeline.readers import expand_inputs, get_extractor
 from pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_json
-from pipeline.runtime import dashboard_url, start_ray
+from pipeline.runtime import dashboard_url, default_in_flight, start_ray
 from pipeline.stage import Plan, Segment, ShuffleStage, run_final, run_row_local, run_shuffle
 from pipeline.summary import RunSummary, build_summary
 from quality.report import headline_markdown, write_report
@@ -63,14 +62,9 @@ def plan_curate(cfg: SluiceConfig, only: list[str] | None = None) -> Plan:
     return Plan(pieces, identities, ingest.build(cfg.ingest), segments, shuffles)
 
 
-def _in_flight() -> int:
-    """Pieces in flight: enough to keep every CPU busy, few enough that memory stays flat."""
-    return 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
 @task(task_run_name="row-local stages", **RETRY)
 def row_local_task(run: RunDir, plan: Plan) -> tuple[list[StageCount], dict[str, float]]:
-    return run_row_local(run, plan, _in_flight())
+    return run_row_local(run, plan, default_in_flight())
 
 
 @task(task_run_name="{name}", **RETRY)
@@ -80,7 +74,7 @@ def shuffle_task(run: RunDir, plan: Plan, index: int, inputs: int, name: str) ->
 
 @task(task_run_name="apply decisions", **RETRY)
 def final_task(run: RunDir, plan: Plan) -> None:
-    run_final(run, plan, _in_flight())
+    run_final(run, plan, default_in_flight())
 
 
 def summary_markdown(summary: RunSummary) -> str:

@@ -16,8 +16,9 @@ import functools
 import logging
 import os
 import sys
+from collections import deque
 from pathlib import Path
-from typing import Callable, ParamSpec, TypeVar
+from typing import Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 import pyarrow as pa
 import ray
@@ -62,6 +63,7 @@ WORKER_ENV = {"POLARS_MAX_THREADS": "1", "RAYON_NUM_THREADS": "1"}
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def release_freed_memory() -> None:
@@ -91,6 +93,36 @@ def releasing_memory(fn: Callable[P, R]) -> Callable[P, R]:
             release_freed_memory()
 
     return released
+
+
+def default_in_flight() -> int:
+    """Ray tasks in flight: two per CPU of the cluster, enough to keep every CPU busy while a result
+    is collected, few enough that the results waiting in the object store stay bounded."""
+    return 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def map_in_order(fn: Callable[[T], R], items: Iterable[T], in_flight: int | None = None) -> Iterator[R]:
+    """`fn(item)` for each item as a one-CPU Ray task, at most `in_flight` (default
+    `default_in_flight()`) submitted at a time; the results in item order, so whatever consumes them
+    stays deterministic whatever the worker count.
+
+    For a few dozen coarse work items (a piece to tokenize, a shard to write) plain tasks, not a
+    Ray Data pipeline: Ray Data's executor and its resource budget left a CPU idle often enough to
+    cost ~15 % of the tokenize pass at 100k documents (one probe, 31 s against 37 s).
+    """
+    remote = ray.remote(num_cpus=1)(releasing_memory(fn))
+    limit = max(1, in_flight or default_in_flight())
+    pending: deque[ray.ObjectRef] = deque()
+    try:
+        for item in items:
+            if len(pending) >= limit:
+                yield ray.get(pending.popleft())
+            pending.append(remote.remote(item))
+        while pending:
+            yield ray.get(pending.popleft())
+    finally:  # a consumer that stops early (an error, a closed generator) leaves no work running
+        for ref in pending:
+            ray.cancel(ref)
 
 
 def _runtime_env(remote: bool) -> dict:

@@ -9,9 +9,9 @@ sample's keys and one piece's texts at a time, and never the trainer's counts.
 The order. The input is the kept files in name order, cut into pieces (file, row group); a document's
 position is (piece << 32) + row. Each document has a 64-bit key: a seeded xxh64 of (source, id) when
 `shard.shuffle`, else its position. The token stream is the documents sorted by (key, position): a
-pure function of the documents and the seed, whatever the block, batch or worker count.
+pure function of the documents and the seed, whatever the task or worker count.
 
-Two Ray Data passes, the driver holding only counts (never documents or tokens):
+Two passes of Ray tasks, the driver holding only counts (never documents or tokens):
  1. tokenize: a task per piece encodes its documents with `encode_batch`, sorts them by key and writes
     them to a scratch Arrow file; it returns the documents and tokens per key bucket (the key's top 16
     bits when shuffled, the piece when not: both cut the stream into consecutive runs).
@@ -52,15 +52,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
-import ray
 import xxhash
 from tokenizers import Tokenizer
 
 from pipeline.config import SluiceConfig, TokenizeConfig
-from pipeline.rundir import RunDir, atomic_dir
-from pipeline.runtime import releasing_memory
 from pipeline.manifest import (FORMAT, MANIFEST, ShardEntry, ShardError, ShardManifest, TokenizerInfo,
                                read_manifest, write_manifest)
+from pipeline.rundir import RunDir, atomic_dir
+from pipeline.runtime import map_in_order
 from pipeline.shardfile import SHARD_GLOB, TOKENIZER_FILE, file_sha256, shard_name, token_dtype, write_shard
 from stages.bpe import train_bpe_apart
 from stages.shard import ShardWindow, plan_windows, window_documents
@@ -212,24 +211,20 @@ def bucket_counts(piece: int, keys: np.ndarray, lengths: np.ndarray, shift: int)
 
 
 def make_tokenize_task(tokenizer_json: str, eod_id: int | None, dtype: np.dtype, ordering: Ordering,
-                       scratch: Path) -> Callable[[pa.Table], pa.Table]:
-    """The Ray Data function: pieces in, their bucket counts out; the tokens go to scratch files."""
+                       scratch: Path) -> Callable[[dict], pa.Table]:
+    """The Ray task: a piece in, its bucket counts out; its tokens go to a scratch file."""
 
-    def tokenize(pieces: pa.Table) -> pa.Table:
-        tokenizer = _tokenizer_from_json(tokenizer_json)
-        out = [BUCKET_COUNTS.empty_table()]
-        for piece in pieces.to_pylist():
-            docs = read_piece(piece, ["id", "text", "source"])
-            if not docs.num_rows:
-                continue
-            keys, positions = ordering.keys(docs, piece["piece"])
-            table = tokenize_docs(tokenizer, docs, eod_id, dtype)
-            table = table.append_column(KEY, pa.array(keys)).append_column(POSITION, pa.array(positions))
-            table = table.take(pc.sort_indices(table, sort_keys=[(KEY, "ascending"), (POSITION, "ascending")]))
-            write_scratch(scratch_file(scratch, piece["piece"]), table)
-            lengths = pc.list_value_length(table["tokens"]).to_numpy().astype(np.int64)
-            out.append(bucket_counts(piece["piece"], table[KEY].to_numpy(), lengths, ordering.shift))
-        return pa.concat_tables(out)
+    def tokenize(piece: dict) -> pa.Table:
+        docs = read_piece(piece, ["id", "text", "source"])
+        if not docs.num_rows:
+            return BUCKET_COUNTS.empty_table()
+        keys, positions = ordering.keys(docs, piece["piece"])
+        table = tokenize_docs(_tokenizer_from_json(tokenizer_json), docs, eod_id, dtype)
+        table = table.append_column(KEY, pa.array(keys)).append_column(POSITION, pa.array(positions))
+        table = table.take(pc.sort_indices(table, sort_keys=[(KEY, "ascending"), (POSITION, "ascending")]))
+        write_scratch(scratch_file(scratch, piece["piece"]), table)
+        lengths = pc.list_value_length(table["tokens"]).to_numpy().astype(np.int64)
+        return bucket_counts(piece["piece"], table[KEY].to_numpy(), lengths, ordering.shift)
 
     return tokenize
 
@@ -264,27 +259,15 @@ class StreamCounts:
         np.maximum.at(self.spans.last, piece, bucket)
 
 
-def ray_map(items: list[dict], fn: Callable[[pa.Table], pa.Table], blocks: int | None) -> Iterator[pa.Table]:
-    """Run `fn` on Ray Data over small work items, one item per call, streaming its (small) results back."""
-    if not items:
-        return
-    ds = ray.data.from_items(items, override_num_blocks=min(blocks or len(items), len(items)))
-    results = ds.map_batches(releasing_memory(fn), batch_format="pyarrow", batch_size=1)
-    yield from results.iter_batches(batch_format="pyarrow", batch_size=None)
-
-
-def tokenize_pieces(pieces: list[dict], task: Callable, ordering: Ordering, blocks: int | None) -> StreamCounts:
+def tokenize_pieces(pieces: list[dict], task: Callable, ordering: Ordering, in_flight: int | None) -> StreamCounts:
     counts = StreamCounts.empty(ordering.num_buckets(len(pieces)), len(pieces))
-    for batch in ray_map(pieces, task, blocks):
+    for batch in map_in_order(task, pieces, in_flight):
         counts.add(batch)
     return counts
 
 
 # ------------------------------------------------------------------------------------------------
 # pass 2: one task per shard window reads its buckets back, orders them and writes the shard
-
-WRITTEN = pa.schema([("window", pa.int64()), ("entry", pa.string())])
-
 
 def window_slices(scratch: Path, spans: PieceSpans, ordering: Ordering, window: ShardWindow) -> Iterator[pa.Table]:
     """Every document of the window's buckets, a slice of each scratch file that holds any, one
@@ -300,30 +283,25 @@ def window_slices(scratch: Path, spans: PieceSpans, ordering: Ordering, window: 
 
 
 def make_shard_task(scratch: Path, spans: PieceSpans, ordering: Ordering, tokens_per_shard: int, version: int,
-                    dtype: np.dtype) -> Callable[[pa.Table], pa.Table]:
-    """The Ray Data function: shard windows in, the manifest entries of the shards they wrote out."""
+                    dtype: np.dtype) -> Callable[[ShardWindow], ShardEntry | None]:
+    """The Ray task: a shard window in, the manifest entry of the shard it wrote out (None: no documents)."""
 
-    def shard(windows: pa.Table) -> pa.Table:
-        rows = []
-        for w in windows.to_pylist():
-            window = ShardWindow(**w)
-            docs = window_documents(functools.partial(window_slices, scratch, spans, ordering, window), window,
-                                    tokens_per_shard, [KEY, POSITION])
-            if docs.num_rows:
-                entry = write_shard(scratch / f"window-{window.index:012d}.arrow", docs, version, dtype)
-                rows.append({"window": window.index, "entry": entry.model_dump_json()})
-        return pa.Table.from_pylist(rows, schema=WRITTEN)
+    def shard(window: ShardWindow) -> ShardEntry | None:
+        docs = window_documents(functools.partial(window_slices, scratch, spans, ordering, window), window,
+                                tokens_per_shard, [KEY, POSITION])
+        if not docs.num_rows:
+            return None
+        return write_shard(scratch / f"window-{window.index:012d}.arrow", docs, version, dtype)
 
     return shard
 
 
 def encode_into_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,
                        eod_id: int | None, dtype: np.dtype, version: int, first_index: int = 0,
-                       blocks: int | None = None) -> list[ShardEntry]:
+                       in_flight: int | None = None) -> list[ShardEntry]:
     """Tokenize, order and cut `files` into shards numbered from `first_index`; return their manifest entries.
 
-    `blocks` sets Ray Data's parallelism (default: one block per piece, then per shard); it never
-    changes the output.
+    `in_flight` caps the Ray tasks running at once (default: two per CPU); it never changes the output.
     """
     scfg = config.shard
     ordering = Ordering(scfg.shuffle, scfg.seed)
@@ -332,14 +310,12 @@ def encode_into_shards(files: list[Path], config: SluiceConfig, tokenizer: Token
     try:
         pieces = input_pieces(files)
         counts = tokenize_pieces(pieces, make_tokenize_task(tokenizer.to_str(), eod_id, dtype, ordering, scratch),
-                                 ordering, blocks)
+                                 ordering, in_flight)
         windows = plan_windows(counts.docs, counts.tokens, scfg.tokens_per_shard)
         task = make_shard_task(scratch, counts.spans, ordering, scfg.tokens_per_shard, version, dtype)
-        written = sorted((int(w), e) for batch in ray_map([vars(w) for w in windows], task, blocks)
-                         for w, e in zip(batch["window"].to_pylist(), batch["entry"].to_pylist()))
+        written = [entry for entry in map_in_order(task, windows, in_flight) if entry is not None]
         entries = []
-        for number, (window, entry_json) in enumerate(written, start=first_index):
-            entry = ShardEntry.model_validate_json(entry_json)
+        for number, entry in enumerate(written, start=first_index):
             os.replace(scratch / entry.file, out / shard_name(number))
             entries.append(entry.model_copy(update={"file": shard_name(number)}))
         return entries
@@ -359,25 +335,21 @@ def smallest(table: pa.Table, n: int) -> pa.Table:
     return table.take(order[:n])
 
 
-def make_bottom_k_task(n: int, seed: int) -> Callable[[pa.Table], pa.Table]:
-    def bottom_k(pieces: pa.Table) -> pa.Table:
-        out = [SAMPLE_KEYS.empty_table()]
-        for piece in pieces.to_pylist():
-            docs = read_piece(piece, ["id", "source"])
-            keys, positions = Ordering(True, seed).keys(docs, piece["piece"])
-            out.append(smallest(pa.table({KEY: keys, POSITION: positions}, schema=SAMPLE_KEYS), n))
-        return pa.concat_tables(out)
+def make_bottom_k_task(n: int, seed: int) -> Callable[[dict], pa.Table]:
+    def bottom_k(piece: dict) -> pa.Table:
+        docs = read_piece(piece, ["id", "source"])
+        keys, positions = Ordering(True, seed).keys(docs, piece["piece"])
+        return smallest(pa.table({KEY: keys, POSITION: positions}, schema=SAMPLE_KEYS), n)
 
     return bottom_k
 
 
-def read_sampled_texts(pieces: pa.Table) -> pa.Table:
-    """The texts of the chosen rows of each piece (a null text as an empty one)."""
-    chosen = [read_piece(piece, ["text"]).take(pa.array(piece["rows"])) for piece in pieces.to_pylist()]
-    return pa.table({"text": pc.fill_null(pa.concat_tables(chosen)["text"], "")})
+def read_sampled_texts(piece: dict) -> list[str]:
+    """The texts of the piece's chosen rows (a null text as an empty one)."""
+    return pc.fill_null(read_piece(piece, ["text"]).take(pa.array(piece["rows"]))["text"], "").to_pylist()
 
 
-def sample_texts(files: list[Path], n: int, seed: int, blocks: int | None = None) -> Iterator[str]:
+def sample_texts(files: list[Path], n: int, seed: int, in_flight: int | None = None) -> Iterator[str]:
     """The texts of the `n` documents with the smallest seeded hash of (source, id), in input order.
 
     A stream, not a list: BPE training only counts words, so the order does not change the tokenizer,
@@ -386,13 +358,13 @@ def sample_texts(files: list[Path], n: int, seed: int, blocks: int | None = None
     """
     pieces = input_pieces(files)
     chosen = SAMPLE_KEYS.empty_table()
-    for batch in ray_map(pieces, make_bottom_k_task(n, seed), blocks):
+    for batch in map_in_order(make_bottom_k_task(n, seed), pieces, in_flight):
         chosen = smallest(pa.concat_tables([chosen, batch]), n)
     positions = np.sort(chosen[POSITION].to_numpy())
     wanted = [dict(pieces[p], rows=(positions[positions >> 32 == p] & 0xFFFFFFFF).tolist())
               for p in np.unique(positions >> 32).tolist()]
-    for batch in ray_map(wanted, read_sampled_texts, blocks):
-        yield from batch["text"].to_pylist()
+    for texts in map_in_order(read_sampled_texts, wanted, in_flight):
+        yield from texts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -418,7 +390,7 @@ def shard_fingerprint(config: SluiceConfig, files: list[Path], tokenizer_path: s
 
 
 def prepare_tokenizer(cfg: TokenizeConfig, files: list[Path], tokenizer_path: str | None, out: Path,
-                      blocks: int | None) -> Tokenizer:
+                      in_flight: int | None) -> Tokenizer:
     """Load or train the tokenizer, and place its exact bytes in the shard folder."""
     target = out / TOKENIZER_FILE
     if tokenizer_path:
@@ -427,17 +399,17 @@ def prepare_tokenizer(cfg: TokenizeConfig, files: list[Path], tokenizer_path: st
     specials = [DEFAULT_EOD if cfg.eod_token in (None, "auto") else cfg.eod_token]
     log.info("tokenize: training a byte-level BPE (vocab %d) on up to %d documents", cfg.vocab_size,
              cfg.train_sample_docs)
-    return train_bpe_apart(sample_texts(files, cfg.train_sample_docs, cfg.seed, blocks), cfg.vocab_size, specials,
+    return train_bpe_apart(sample_texts(files, cfg.train_sample_docs, cfg.seed, in_flight), cfg.vocab_size, specials,
                            target)
 
 
 def write_shards(files: list[Path], config: SluiceConfig, tokenizer: Tokenizer, out: Path,
-                 fingerprint: str, trained: bool, blocks: int | None = None) -> ShardManifest:
+                 fingerprint: str, trained: bool, in_flight: int | None = None) -> ShardManifest:
     """Version 1 of a shard folder: every document of `files`; return the manifest."""
     eod_token, eod_id = resolve_eod(tokenizer, config.tokenize.eod_token)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab_size)
-    entries = encode_into_shards(files, config, tokenizer, out, eod_id, dtype, version=1, blocks=blocks)
+    entries = encode_into_shards(files, config, tokenizer, out, eod_id, dtype, version=1, in_flight=in_flight)
     tok_info = TokenizerInfo(file=TOKENIZER_FILE, sha256=file_sha256(out / TOKENIZER_FILE), vocab_size=vocab_size,
                              eod_token=eod_token, eod_id=eod_id, trained=trained)
     return ShardManifest.first(entries, fingerprint=fingerprint, config_hash=config.section_hash("tokenize", "shard"),
@@ -467,7 +439,7 @@ def configured_tokenizer(config: SluiceConfig, tokenizer: str | None = None) -> 
 
 
 def build_shard_folder(files: list[Path], config: SluiceConfig, tokenizer_path: str | None, final: Path,
-                       fingerprint: str, blocks: int | None, seconds: dict[str, float] | None = None) -> ShardManifest:
+                       fingerprint: str, in_flight: int | None, seconds: dict[str, float] | None = None) -> ShardManifest:
     """Build version 1 in a temporary sibling of `final`, manifest last, then rename it into place.
 
     `seconds` receives the wall time of the tokenizer's preparation ("bpe training" when one is
@@ -476,10 +448,10 @@ def build_shard_folder(files: list[Path], config: SluiceConfig, tokenizer_path: 
     seconds = {} if seconds is None else seconds
     with atomic_dir(final) as tmp:
         started = time.perf_counter()
-        tok = prepare_tokenizer(config.tokenize, files, tokenizer_path, tmp, blocks)
+        tok = prepare_tokenizer(config.tokenize, files, tokenizer_path, tmp, in_flight)
         seconds["tokenizer" if tokenizer_path else "bpe training"] = time.perf_counter() - started
         started = time.perf_counter()
-        manifest = write_shards(files, config, tok, tmp, fingerprint, trained=not tokenizer_path, blocks=blocks)
+        manifest = write_shards(files, config, tok, tmp, fingerprint, trained=not tokenizer_path, in_flight=in_flight)
         write_manifest(tmp, manifest)
         seconds["tokenize"] = time.perf_counter() - started
     log.info("tokenize: %d docs, %d tokens in %d shards -> %s", manifest.docs, manifest.tokens,
@@ -488,10 +460,10 @@ def build_shard_folder(files: list[Path], config: SluiceConfig, tokenizer_path: 
 
 
 def tokenize_run(run_dir: str | Path, config: SluiceConfig, tokenizer: str | None = None,
-                 blocks: int | None = None, seconds: dict[str, float] | None = None) -> Path:
+                 in_flight: int | None = None, seconds: dict[str, float] | None = None) -> Path:
     """Tokenize RUN/kept into RUN/shards (skipped when finished with the same fingerprint); return it.
 
-    `blocks` sets Ray Data's parallelism (default: one block per work item); it never changes the output.
+    `in_flight` caps the Ray tasks running at once (default: two per CPU); it never changes the output.
     `seconds` receives the wall time of each part that ran (see `build_shard_folder`).
     """
     run = Path(run_dir)
@@ -502,7 +474,7 @@ def tokenize_run(run_dir: str | Path, config: SluiceConfig, tokenizer: str | Non
     if finished_fingerprint(final) == fingerprint:
         log.info("tokenize: %s finished earlier with the same fingerprint, skipped", final)
         return final
-    build_shard_folder(files, config, tokenizer_path, final, fingerprint, blocks, seconds)
+    build_shard_folder(files, config, tokenizer_path, final, fingerprint, in_flight, seconds)
     return final
 
 
@@ -542,7 +514,7 @@ def check_folder_tokenizer(shard_dir: Path, manifest: ShardManifest, config: Slu
 
 
 def append_shards(run_dir: str | Path, shard_dir: str | Path, config: SluiceConfig,
-                  blocks: int | None = None) -> ShardManifest:
+                  in_flight: int | None = None) -> ShardManifest:
     """Add RUN/kept as the next version of `shard_dir` and return the manifest (the new one, or the current one).
 
     New documents go into new shards numbered after the existing ones, encoded with the folder's own
@@ -563,7 +535,7 @@ def append_shards(run_dir: str | Path, shard_dir: str | Path, config: SluiceConf
                          if not (p.name.startswith(".") or p.name == TOKENIZER_FILE or p.match(SHARD_GLOB))]
             if strangers:
                 raise ShardError(f"{out} has no {MANIFEST} but holds {strangers[:3]}: not a shard folder to start")
-            return build_shard_folder(files, config, tokenizer_path, out, fingerprint, blocks)
+            return build_shard_folder(files, config, tokenizer_path, out, fingerprint, in_flight)
         manifest = read_manifest(out)
         if manifest.holds(fingerprint):
             log.info("tokenize: %s already holds this batch (fingerprint %s), nothing appended", out, fingerprint)
@@ -573,7 +545,7 @@ def append_shards(run_dir: str | Path, shard_dir: str | Path, config: SluiceConf
         remove_unlisted(out, manifest)
         entries = encode_into_shards(files, config, tokenizer, out, manifest.tokenizer.eod_id,
                                      np.dtype(manifest.dtype), version=manifest.version + 1,
-                                     first_index=len(manifest.shards), blocks=blocks)
+                                     first_index=len(manifest.shards), in_flight=in_flight)
         manifest = manifest.extend(entries, fingerprint=fingerprint,
                                    config_hash=config.section_hash("tokenize", "shard"))
         write_manifest(out, manifest)

@@ -156,13 +156,13 @@ def test_vocabulary_above_65536_gives_uint32(tmp_path, ray_cluster):
 def test_same_bytes_whatever_parallelism(tmp_path, docs, shared_data, ray_cluster):
     """Many Ray tasks on the 2-CPU session cluster == one block in a separate 1-CPU Ray cluster."""
     tokenizer = str(shared_data / NEOX)
-    many = tokenize_run(make_run(tmp_path / "many", docs), config(), tokenizer=tokenizer, blocks=3)
+    many = tokenize_run(make_run(tmp_path / "many", docs), config(), tokenizer=tokenizer, in_flight=3)
     make_run(tmp_path / "one", docs)
     script = ("import sys; from pathlib import Path; from pipeline.config import SluiceConfig;"
               "from pipeline.runtime import start_ray; from stages.tokenize import tokenize_run;"
               "cfg = SluiceConfig.model_validate({'ray': {'num_cpus': 1, 'dashboard': False},"
               "'shard': {'tokens_per_shard': 20000}, 'tokenize': {'vocab_size': 600, 'train_sample_docs': 200}});"
-              "start_ray(cfg.ray); tokenize_run(Path(sys.argv[1]), cfg, tokenizer=sys.argv[2], blocks=1)")
+              "start_ray(cfg.ray); tokenize_run(Path(sys.argv[1]), cfg, tokenizer=sys.argv[2], in_flight=1)")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "one"), tokenizer], check=True, cwd=ROOT, env=env,
                    timeout=300)
@@ -350,15 +350,15 @@ def test_killed_append_retried_equals_a_clean_append(tmp_path, docs, shared_data
     cfg = config(tokens_per_shard=5_000, tokenizer=str(shared_data / NEOX))
     batch1, batch2 = two_batches(tmp_path, docs)
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
-    append_shards(batch1, clean, cfg, blocks=3)
-    append_shards(batch2, clean, cfg, blocks=3)
+    append_shards(batch1, clean, cfg, in_flight=3)
+    append_shards(batch2, clean, cfg, in_flight=3)
     crashed.mkdir()
     (crashed / "shard-00003.arrow").write_bytes(b"killed before the manifest")  # a first attempt died too
-    first = append_shards(batch1, crashed, cfg, blocks=1)
+    first = append_shards(batch1, crashed, cfg, in_flight=1)
     n = len(first.shards)
     for orphan in (f"shard-{n:05d}.arrow", f"shard-{n + 40:05d}.arrow", f".shard-{n + 1:05d}.arrow.tmp-dead"):
         (crashed / orphan).write_bytes(b"half-written by a killed append")
-    append_shards(batch2, crashed, cfg, blocks=1)
+    append_shards(batch2, crashed, cfg, in_flight=1)
     assert read_manifest(crashed).version == 2 and folder_bytes(crashed) == folder_bytes(clean)
 
     other = config(tokens_per_shard=5_000, tokenizer=str(shared_data / LLAMA))

@@ -1,6 +1,12 @@
 """Fuzzy dedup's algorithms: datasketch compatibility, the LSH curve, components; the stage on real text."""
 from __future__ import annotations
 
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -23,6 +29,22 @@ def corpus(shared_data) -> pa.Table:
     base = web_texts(shared_data, 200)
     texts = base + [edited(t, i, fraction=0.005) for i, t in enumerate(base[:20])]
     return rows_table([("web", f"doc-{(i * 7919) % 1000:04d}", t) for i, t in enumerate(texts)], piece_size=40)
+
+
+def test_a_worker_given_pickled_params_signs_without_importing_datasketch_or_scipy():
+    """The permutations travel inside the pickled params, and the stage's module imports neither
+    library at the top, so a Ray worker running the stage's steps does not carry them (~46 MB)."""
+    params = MinHashParams(num_perm=64, seed=7)
+    script = ("import pickle, sys; import stages.fuzzy_dedup; from stages.dedup.minhash import signatures;"
+              "params = pickle.loads(sys.stdin.buffer.read());"
+              "sys.stdout.buffer.write(pickle.dumps((signatures(['a b c d e f g'], params),"
+              " sorted({'datasketch', 'scipy'} & set(sys.modules)))))")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(params), capture_output=True,
+                          check=True, cwd=root, env=os.environ | {"PYTHONPATH": str(root)}, timeout=120)
+    sigs, imported = pickle.loads(done.stdout)
+    assert imported == []
+    assert np.array_equal(sigs, signatures(["a b c d e f g"], params))
 
 
 @pytest.mark.parametrize("params", [MinHashParams(), MinHashParams(num_perm=64, seed=7, ngram=3),

@@ -16,8 +16,6 @@ import polars as pl
 import pyarrow as pa
 import ray
 from ray.data.grouped_data import GroupedData
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from stages.dedup.lsh import EDGE_SCHEMA
 
@@ -29,6 +27,11 @@ ROUTING_SEED = 20240601
 
 def local_components(edges: pa.Table) -> pa.Table:
     """(node, root) on one machine: scipy's connected components over integer-coded nodes."""
+    # imported here: the driver runs this, and Ray workers that import this module for the
+    # distributed steps would carry scipy's ~18 MB for nothing
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     df = pl.from_arrow(edges.select(["node", "root"]))
     nodes = pl.concat([df["node"], df["root"]]).unique().sort()
     if nodes.is_empty():

@@ -5,7 +5,7 @@ vectorised in numpy (or torch), so no Python code runs per shingle. A shingle's 
 built from 64-bit hashes of its tokens, so each byte of text is hashed once rather than once per
 n-gram it belongs to. datasketch 2.x's `affine32` scheme pre-mixes each shingle hash with the
 MurmurHash3 finalizer, then takes, per permutation k, the min over shingles of `a_k * h + b_k mod
-2^32`; the permutations `(a, b)` are taken from datasketch itself, so
+2^32`; the permutations `(a, b)` are taken from datasketch itself (see `MinHashParams`), so
 `datasketch.MinHash(num_perm, seed, hashfunc=shingle_hasher(params))` fed `shingle_lists(...)`
 gives exactly `signatures(...)`.
 """
@@ -18,7 +18,6 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from datasketch import MinHash
 
 from pipeline.config import FuzzyDedupConfig
 
@@ -54,6 +53,17 @@ class MinHashParams:
     ngram: int = 5
     char_ngrams: bool = False
     lowercase: bool = True
+
+    def __post_init__(self) -> None:
+        # Computed where the params are made (the driver) and pickled with them, so a Ray worker never
+        # imports datasketch: ~46 MB a process, with the scipy and redis it pulls in. Not a field, so
+        # neither compared nor persisted with the band index.
+        object.__setattr__(self, "_permutations", _datasketch_permutations(self.num_perm, self.seed))
+
+    @property
+    def permutations(self) -> tuple[np.ndarray, np.ndarray]:
+        """datasketch's own affine32 permutation parameters `(a, b)` for this num_perm and seed."""
+        return self._permutations
 
     @classmethod
     def from_config(cls, cfg: FuzzyDedupConfig) -> "MinHashParams":
@@ -193,8 +203,9 @@ def shingle_hashes(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray,
 
 
 @lru_cache(maxsize=16)
-def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's own affine32 permutation parameters `(a, b)` for this num_perm and seed."""
+def _datasketch_permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from datasketch import MinHash
+
     a, b = MinHash(num_perm=num_perm, seed=seed).permutations
     return a.astype(U32), b.astype(U32)
 
@@ -261,7 +272,7 @@ def batch_signatures(hashes: np.ndarray, doc: np.ndarray, n: int, params: MinHas
     """(n, num_perm) uint32 signatures of one batch's `shingle_hashes`: the permutation/min step."""
     if n == 0:
         return np.empty((0, params.num_perm), U32)
-    a, b = permutations(params.num_perm, params.seed)
+    a, b = params.permutations
     starts = np.searchsorted(doc, np.arange(n))
     mixed = _fmix(hashes, FMIX32, U32)
     return (_min_torch if backend == "torch" else _min_numpy)(mixed, starts, a, b)

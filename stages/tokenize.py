@@ -58,6 +58,7 @@ from tokenizers import Tokenizer
 from pipeline.config import SluiceConfig, TokenizeConfig
 from pipeline.manifest import (FORMAT, MANIFEST, ShardEntry, ShardError, ShardManifest, TokenizerInfo,
                                read_manifest, write_manifest)
+from pipeline.progress import Progress
 from pipeline.rundir import RunDir, atomic_dir
 from pipeline.runtime import map_in_order
 from pipeline.shardfile import SHARD_GLOB, TOKENIZER_FILE, file_sha256, shard_name, token_dtype, write_shard
@@ -139,8 +140,13 @@ def tokenize_docs(tokenizer: Tokenizer, docs: pa.Table, eod_id: int | None, dtyp
 
 
 def input_pieces(files: list[Path]) -> list[dict]:
-    """(file, row group) pieces in input order, from the Parquet footers alone."""
-    pieces = [{"path": str(f), "row_group": g} for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+    """(file, row group) pieces in input order, with their documents and (uncompressed) bytes, from
+    the Parquet footers alone."""
+    pieces = []
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        pieces += [{"path": str(f), "row_group": g, "docs": meta.row_group(g).num_rows,
+                    "bytes": meta.row_group(g).total_byte_size} for g in range(meta.num_row_groups)]
     return [dict(p, piece=i) for i, p in enumerate(pieces)]
 
 
@@ -261,8 +267,11 @@ class StreamCounts:
 
 def tokenize_pieces(pieces: list[dict], task: Callable, ordering: Ordering, in_flight: int | None) -> StreamCounts:
     counts = StreamCounts.empty(ordering.num_buckets(len(pieces)), len(pieces))
-    for batch in map_in_order(task, pieces, in_flight):
-        counts.add(batch)
+    with Progress("tokenize", total_items=sum(p["docs"] for p in pieces),
+                  total_bytes=sum(p["bytes"] for p in pieces), unit="docs") as progress:
+        for piece, batch in zip(pieces, map_in_order(task, pieces, in_flight)):
+            counts.add(batch)
+            progress.advance(piece["docs"], piece["bytes"])
     return counts
 
 
@@ -301,7 +310,7 @@ def encode_into_shards(files: list[Path], config: SluiceConfig, tokenizer: Token
                        in_flight: int | None = None) -> list[ShardEntry]:
     """Tokenize, order and cut `files` into shards numbered from `first_index`; return their manifest entries.
 
-    `in_flight` caps the Ray tasks running at once (default: two per CPU); it never changes the output.
+    `in_flight` caps the Ray tasks submitted at once (default: two per CPU); it never changes the output.
     """
     scfg = config.shard
     ordering = Ordering(scfg.shuffle, scfg.seed)
@@ -463,7 +472,7 @@ def tokenize_run(run_dir: str | Path, config: SluiceConfig, tokenizer: str | Non
                  in_flight: int | None = None, seconds: dict[str, float] | None = None) -> Path:
     """Tokenize RUN/kept into RUN/shards (skipped when finished with the same fingerprint); return it.
 
-    `in_flight` caps the Ray tasks running at once (default: two per CPU); it never changes the output.
+    `in_flight` caps the Ray tasks submitted at once (default: two per CPU); it never changes the output.
     `seconds` receives the wall time of each part that ran (see `build_shard_folder`).
     """
     run = Path(run_dir)

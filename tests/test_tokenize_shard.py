@@ -3,6 +3,7 @@ and appending later batches as new manifest versions."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -99,6 +100,19 @@ def test_real_tokenizers_give_uint16_shards_with_full_manifest(tmp_path, docs, s
     on_disk = (out / "manifest.json").read_bytes()  # the JSON keys stay those Sluice always wrote
     assert set(json.loads(on_disk)) == {"format", "version", "fingerprint", "config_hash", "tokenizer", "dtype",
                                         "docs", "tokens", "sources", "versions", "shards"}
+
+
+def test_tokenizing_reports_progress_in_documents_and_bytes(tmp_path, docs, shared_data, ray_cluster, caplog):
+    """Without a TTY the pass logs its progress; its last line counts every document of the kept files."""
+    run = make_run(tmp_path, docs)
+    kept_bytes = sum(pq.ParquetFile(f).metadata.row_group(g).total_byte_size
+                     for f in sorted((run / "kept").glob("*.parquet")) for g in range(pq.ParquetFile(f).num_row_groups))
+    with caplog.at_level(logging.INFO, logger="sluice.progress"):
+        tokenize_run(run, config(), tokenizer=str(shared_data / NEOX))
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tokenize: done")]
+    n = len(docs)
+    assert len(done) == 1 and done[0].startswith(f"tokenize: done, {n:,}/{n:,} docs (100%), "
+                                                 f"{kept_bytes / 1e6:,.1f}/{kept_bytes / 1e6:,.1f} MB")
 
 
 def test_byte_level_bpe_shards_decode_to_the_documents_exactly(tmp_path, docs, shared_data, ray_cluster):

@@ -101,7 +101,8 @@ class RunData:
 
 # Typed annotation columns carried on kept and rejected rows (null where the stage did not run).
 ANNOTATIONS = {"lang": pl.String, "lang_score": pl.Float64, "quality_score": pl.Float64}
-LEDGER = {c: pl.String for c in ("id", "source", "stage", "reason", "detail", "duplicate_of", "cluster_id")}
+LEDGER = {c: pl.String for c in ("id", "source", "stage", "reason", "detail", "duplicate_of", "duplicate_of_source",
+                                  "cluster_id")}
 
 
 def _read(path: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -139,7 +140,10 @@ def _with_texts(picked: pl.DataFrame) -> dict[str, list[dict]]:
 def _tally_rejected(folder: Path, tally: Tally) -> tuple[np.ndarray, dict[str, list[dict]]]:
     """Add the rejected rows to `tally`, file by file; return the cluster sizes and the samples."""
     clusters, firsts = [], []
-    key = pl.coalesce(pl.col("cluster_id"), pl.lit("=") + pl.col("duplicate_of")).alias("cluster")
+    # a duplicate's cluster: fuzzy dedup's cluster id, else its keeper's identity (source, id)
+    keeper = pl.concat_str([pl.lit("="), pl.col("duplicate_of_source").fill_null(""), pl.lit("\x00"),
+                            pl.col("duplicate_of")])
+    key = pl.coalesce(pl.col("cluster_id"), keeper).alias("cluster")
     for path in sorted(folder.glob("*.parquet")):
         rows = _read(path, {**LEDGER, **ANNOTATIONS})
         tally.add(rows)

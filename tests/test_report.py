@@ -192,9 +192,22 @@ def test_report_reads_typed_columns_and_the_manifest(run_dir):
     assert data.rejected.scores.sum() == rejected_rows["quality_score"].drop_nulls().len()
     assert abs(data.kept.median_lang_score() - kept_rows["lang_score"].median()) <= 0.001
     assert data.kept.lengths.sum() == kept_rows.height and data.rejected.docs == rejected_rows.height
-    clusters = rejected_rows.select(pl.coalesce("cluster_id", pl.lit("=") + pl.col("duplicate_of"))).to_series()
+    keeper = pl.struct("duplicate_of_source", "duplicate_of").struct.json_encode()
+    clusters = rejected_rows.select(pl.coalesce("cluster_id", pl.when(pl.col("duplicate_of").is_not_null())
+                                                .then(keeper))).to_series()
     assert data.cluster_sizes.tolist() == sorted((clusters.drop_nulls().value_counts()["count"] + 1).to_list())
     assert data.cluster_sizes.size > 0
+
+
+def test_exact_duplicates_of_two_sources_sharing_a_keeper_id_are_two_clusters(tmp_path):
+    """A cluster without a fuzzy cluster id is its keeper's (source, id), never the bare id."""
+    rows = [{"id": f"copy-{i}", "source": src, "text": "same", "stage": "exact_dedup", "reason": "exact_duplicate",
+             "duplicate_of": "doc-1", "duplicate_of_source": src} for i, src in enumerate(["a", "a", "b"])]
+    (tmp_path / "rejected").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rejected" / "part-00000.parquet")
+    sizes, samples = report._tally_rejected(tmp_path / "rejected", report.Tally())
+    assert sizes.tolist() == [2, 3]  # source a: two copies + its keeper; source b: one copy + its keeper
+    assert [d["id"] for d in samples["exact_dedup: exact_duplicate"]] == ["copy-0", "copy-1", "copy-2"]
 
 
 def test_removal_by_label(run_dir):

@@ -13,6 +13,7 @@ rows, one file per piece, in input order.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -31,7 +32,7 @@ from pipeline.ledger import LedgerMismatch, StageCount, StageResult, rejected_ro
 from pipeline.progress import Progress
 from pipeline.readers.pieces import Piece, count_records, read_piece
 from pipeline.rundir import RunDir, atomic_dir, read_marker
-from pipeline.runtime import release_freed_memory, releasing_memory
+from pipeline.runtime import map_in_order, release_freed_memory, releasing_memory
 from pipeline.schema import DECISION_SCHEMA, DOC_SCHEMA, KEPT_SCHEMA, REJECTED_SCHEMA, conform
 
 log = logging.getLogger("sluice")
@@ -373,7 +374,6 @@ def run_shuffle(run: RunDir, plan: Plan, index: int, inputs: int) -> StageCount:
 # applying the decisions: the run's final rows
 
 
-@ray.remote(num_cpus=1)
 def _apply(root: str, plan: Plan, index: int, folder: str) -> None:
     run = RunDir(root)
     kept = pq.read_table(run.segment_piece(plan.segments[-1].name, index) / KEPT_FILE)
@@ -407,11 +407,7 @@ def run_final(run: RunDir, plan: Plan, max_in_flight: int) -> None:
         with atomic_dir(run.final, marker) as tmp:
             (tmp / "kept").mkdir()
             (tmp / "rejected").mkdir()
-            ref, pending = ray.put(plan), []
-            for i in range(len(plan.pieces)):
-                if len(pending) >= max_in_flight:
-                    done, pending = ray.wait(pending, num_returns=1)
-                    ray.get(done)
-                pending.append(_apply.remote(str(run.root), ref, i, str(tmp)))
-            ray.get(pending)
+            apply = functools.partial(_apply, str(run.root), plan, folder=str(tmp))
+            for _ in map_in_order(apply, range(len(plan.pieces)), max_in_flight):
+                pass  # each task writes its piece's files; a failure raises here
     run.publish()

@@ -146,7 +146,7 @@ def held_out_texts(data: Path) -> dict[str, list[str]]:
 def sluice(*args: str, log: Path) -> None:
     """The CLI as a user runs it; output to a log file, which is printed if it fails."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "RAY_USAGE_STATS_ENABLED": "0", "SLUICE_PROGRESS": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0"}
     exe = Path(sys.executable).with_name("sluice")
     with open(log, "w") as out:
         code = subprocess.call([str(exe), *args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

@@ -224,7 +224,6 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=2, help="runs of each path, alternating; the best time counts")
     p.add_argument("--driver", nargs=2, metavar=("RUN", "WARMUP"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    os.environ.setdefault("SLUICE_PROGRESS", "0")
     if args.driver:
         sluice_driver(Path(args.driver[0]), Path(args.driver[1]), args.tokenizer)
         return

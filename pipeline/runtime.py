@@ -15,14 +15,12 @@ import ctypes
 import functools
 import logging
 import os
-import sys
 from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 import pyarrow as pa
 import ray
-from ray.data.context import ShuffleStrategy
 
 from pipeline.config import RayConfig
 
@@ -33,20 +31,6 @@ TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_HELP = ("put the cluster's token in ~/.ray/auth_token (the file `ray start --head` read it from), "
               "or set RAY_AUTH_TOKEN to the token, or RAY_AUTH_TOKEN_PATH to a file holding it")
-# Ray Data lines that only repeat what Sluice logs itself.
-QUIET_LOGGERS = {
-    "ray.data._internal.progress": logging.ERROR,  # "progress bars disabled": the choice made here
-    "ray.data._internal.execution.streaming_executor": logging.WARNING,  # "execution finished", per dataset
-}
-
-
-def _not_the_idle_cpu_warning(record: logging.LogRecord) -> bool:
-    """Drop Ray Data's "no available CPUs, the Dataset job will hang" warning: it fires when a stage's
-    dataset starts while the previous stage's workers still hold their CPUs for a moment, and Sluice
-    never parks actors on the CPUs, so the job does not hang."""
-    return "does not have any available CPUs" not in record.getMessage()
-
-
 OPT_OUT = "set `ray.allow_unauthenticated: true` in the config to accept a cluster without token auth"
 
 
@@ -101,6 +85,13 @@ def default_in_flight() -> int:
     return 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def task_name(fn: Callable) -> str:
+    """A task's name for the dashboard and the worker's process title: the function's, through partials."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", "task")
+
+
 def map_in_order(fn: Callable[[T], R], items: Iterable[T], in_flight: int | None = None) -> Iterator[R]:
     """`fn(item)` for each item as a one-CPU Ray task, at most `in_flight` (default
     `default_in_flight()`) submitted at a time; the results in item order, so whatever consumes them
@@ -110,7 +101,7 @@ def map_in_order(fn: Callable[[T], R], items: Iterable[T], in_flight: int | None
     Ray Data pipeline: Ray Data's executor and its resource budget left a CPU idle often enough to
     cost ~15 % of the tokenize pass at 100k documents (one probe, 31 s against 37 s).
     """
-    remote = ray.remote(num_cpus=1)(releasing_memory(fn))
+    remote = ray.remote(num_cpus=1)(releasing_memory(fn)).options(name=task_name(fn))
     limit = max(1, in_flight or default_in_flight())
     pending: deque[ray.ObjectRef] = deque()
     try:
@@ -212,31 +203,12 @@ def start_ray(cfg: RayConfig | None = None) -> str | None:
             **common,
         )
     _check_auth_mode(mode)
-    configure_data_context()
     url = dashboard_url()
     if url:
         log.info("Ray dashboard: %s (auth token in %s)", url, TOKEN_PATH)
     elif not remote:
         log.info("Ray dashboard off (`ray.dashboard: true` in the config, or --dashboard, to watch the run)")
     return url
-
-
-def configure_data_context() -> None:
-    """Quiet, deterministic Ray Data defaults shared by every stage.
-
-    Groupbys use the sort-based shuffle: Ray's default hash shuffle parks aggregator actors on the
-    CPUs, which on a small machine starves the very tasks that feed them. Ray Data's progress bars only
-    show in a terminal: without one it would log a progress line per operator every few seconds, and
-    `pipeline.progress.Progress` reports one line per stage instead. SLUICE_PROGRESS=0 hides them everywhere.
-    """
-    ctx = ray.data.DataContext.get_current()
-    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    ctx.enable_progress_bars = sys.stdout.isatty() and os.environ.get("SLUICE_PROGRESS", "1") == "1"
-    ctx.print_on_execution_start = False
-    ctx.execution_options.preserve_order = True
-    for name, level in QUIET_LOGGERS.items():
-        logging.getLogger(name).setLevel(level)
-    logging.getLogger("ray.data.dataset").addFilter(_not_the_idle_cpu_warning)  # once: addFilter skips repeats
 
 
 def dashboard_url() -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import ray
 
 from pipeline.fingerprint import digest
 from pipeline.ledger import LedgerMismatch, StageCount, StageResult, rejected_rows
+from pipeline.mailbox import BOX, Parts, deliver, post
 from pipeline.progress import Progress
 from pipeline.readers.pieces import Piece, count_records, read_piece
 from pipeline.rundir import RunDir, atomic_dir, read_marker
@@ -42,6 +44,8 @@ INGEST = "ingest"
 # back: kept apart so a stage's seconds are its own work (run_info.json's stage_seconds).
 SEGMENT_IO = "segment io"
 KEPT_FILE, REJECTED_FILE = "kept.parquet", "rejected.parquet"
+SCRATCH = ".exchange"  # a shuffle stage's mailboxes, removed when it ends
+DECIDED = "decided"  # the mailbox (in SCRATCH) of a shuffle stage's decisions, a box per piece
 
 
 class PlanError(ValueError):
@@ -61,10 +65,12 @@ class RowStage:
 
 @dataclass(frozen=True)
 class ShuffleStage:
-    """A stage that must see every piece: `build(workdir)` maps a dataset of rows to one of decisions."""
+    """A stage that must see every piece: `build(workdir)` returns a function of the rows (`Parts`) and
+    a scratch folder for its mailboxes, which posts its decisions there (`post_decisions`); `workdir`
+    keeps what else it writes (an index)."""
 
     name: str
-    build: Callable[[Path], Callable[[ray.data.Dataset], ray.data.Dataset]]
+    build: Callable[[Path], Callable[[Parts, Path], None]]
     fingerprint: str
     reads: frozenset[str]  # loaded for it (an annotation no stage filled arrives as nulls)
     requires: frozenset[str]  # of those, the ones an earlier stage must fill for it to make sense
@@ -304,42 +310,45 @@ def _piece_bytes(piece: Piece) -> int:
 # shuffle stages: small columns in, decisions out
 
 
-@releasing_memory
-def _piece_rows(item: dict, root: str, segment: str, columns: list[str], earlier: list[str]) -> pa.Table:
-    """One piece's kept rows (only `columns`) with their row key, minus rows earlier stages rejected."""
-    piece = int(item["piece"][0])
-    path = RunDir(root).segment_piece(segment, piece) / KEPT_FILE
-    table = pq.read_table(path, columns=columns)
-    table = table.append_column("_piece", pa.array([piece] * table.num_rows, pa.int32())) \
-        .append_column("_row", pa.array(range(table.num_rows), pa.int32())) \
-        .append_column("_file", pa.array([str(path)] * table.num_rows, pa.string()))
-    for stage_dir in earlier:
-        decided = RunDir.decisions_file(Path(stage_dir), piece)
-        if decided.is_file():
-            gone = pq.read_table(decided, columns=["_row"])["_row"]
-            table = table.filter(pc.invert(pc.is_in(table["_row"], gone)))
-    return table
+@dataclass(frozen=True)
+class PieceRows:
+    """What a shuffle stage reads, as `Parts`: each piece's kept rows (the declared columns only, so
+    texts stay out of shuffles unless a stage reads them) with their row key (`_piece`, `_row`) and
+    file (`_file`), minus the rows earlier shuffle stages rejected."""
+
+    root: str
+    segment: str
+    columns: tuple[str, ...]
+    earlier: tuple[str, ...]  # the earlier shuffle stages' folders
+    count: int
+
+    def read(self, part: int) -> pa.Table:
+        path = RunDir(self.root).segment_piece(self.segment, part) / KEPT_FILE
+        table = pq.read_table(path, columns=list(self.columns))
+        table = table.append_column("_piece", pa.array([part] * table.num_rows, pa.int32())) \
+            .append_column("_row", pa.array(range(table.num_rows), pa.int32())) \
+            .append_column("_file", pa.array([str(path)] * table.num_rows, pa.string()))
+        for stage_dir in self.earlier:
+            decided = RunDir.decisions_file(Path(stage_dir), part)
+            if decided.is_file():
+                gone = pq.read_table(decided, columns=["_row"])["_row"]
+                table = table.filter(pc.invert(pc.is_in(table["_row"], gone)))
+        return table
 
 
-def piece_rows(run: RunDir, plan: Plan, columns: frozenset[str], earlier: list[Path]) -> ray.data.Dataset:
-    """Every piece's kept rows as a Ray dataset of the declared columns only: texts stay out of
-    shuffles unless a stage reads them, and then only the column, never the whole row."""
-    wanted = [c for c in KEPT_SCHEMA.names if c in columns]
-    items = ray.data.from_items([{"piece": i} for i in range(len(plan.pieces))],
-                                override_num_blocks=max(1, len(plan.pieces)))
-    return items.map_batches(_piece_rows, batch_size=1, batch_format="numpy", fn_kwargs={
-        "root": str(run.root), "segment": plan.segments[-1].name, "columns": wanted,
-        "earlier": [str(e) for e in earlier]})
+def post_decisions(decisions: pa.Table, scratch: Path, sender: str) -> int:
+    """A shuffle stage's output: decisions (DECISION_SCHEMA) posted to the box of their piece."""
+    table = conform(decisions, DECISION_SCHEMA, extras=None)
+    return post(table.append_column(BOX, pc.cast(table["_piece"], pa.string())), scratch / DECIDED, sender)
 
 
-def _write_decisions(group: pa.Table, folder: str) -> pa.Table:
-    piece = int(group["_piece"][0].as_py())
-    table = conform(group, DECISION_SCHEMA, extras=None).sort_by("_row")
-    target = RunDir.decisions_file(Path(folder), piece)
+def _write_decisions(letters: pa.Table, box: str, folder: str) -> dict[str, int]:
+    """One piece's decisions, sorted by row, as the stage's decisions file; returns its reason counts."""
+    table = conform(letters, DECISION_SCHEMA, extras=None).sort_by("_row")
+    target = RunDir.decisions_file(Path(folder), int(box))
     target.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, target, compression="zstd")
-    reasons = Counter(table["reason"].to_pylist())
-    return pa.table({"reason": list(reasons), "n": list(reasons.values())})
+    return dict(Counter(table["reason"].to_pylist()))
 
 
 def run_shuffle(run: RunDir, plan: Plan, index: int, inputs: int) -> StageCount:
@@ -351,21 +360,20 @@ def run_shuffle(run: RunDir, plan: Plan, index: int, inputs: int) -> StageCount:
     if done:
         log.info("stage %s: finished earlier, skipped", stage.name)
         return StageCount.model_validate(done["count"])
-    earlier = [run.stage_path(s.name) for s in plan.shuffles[:index]]
+    earlier = tuple(str(run.stage_path(s.name)) for s in plan.shuffles[:index])
+    wanted = tuple(c for c in KEPT_SCHEMA.names if c in stage.reads | {"source", "id"})
+    rows = PieceRows(str(run.root), plan.segments[-1].name, wanted, earlier, len(plan.pieces))
     marker: dict = {}
     with atomic_dir(folder, marker) as tmp:
-        rows = piece_rows(run, plan, stage.reads | {"source", "id"}, earlier)
-        decisions = stage.build(tmp)(rows).materialize()
+        stage.build(tmp)(rows, tmp / SCRATCH)
         reasons: Counter[str] = Counter()
-        if decisions.count():
-            written = decisions.groupby("_piece").map_groups(_write_decisions, fn_kwargs={"folder": str(tmp)},
-                                                             batch_format="pyarrow")
-            for row in written.iter_rows():
-                reasons[row["reason"]] += row["n"]
+        for counted in deliver(tmp / SCRATCH / DECIDED, functools.partial(_write_decisions, folder=str(tmp))):
+            reasons.update(counted)
+        shutil.rmtree(tmp / SCRATCH, ignore_errors=True)
         count = StageCount.of(stage.name, inputs, inputs - sum(reasons.values()), dict(reasons))
         count.check()
         marker.update(fingerprint=fingerprint, count=count.model_dump(by_alias=True))
-    release_freed_memory()  # planning the stage's datasets (and union-find) left freed heap on the driver
+    release_freed_memory()  # the stage's planning (and union-find on the driver) left freed heap here
     log.info("stage %s: %d in, %d kept, %d rejected", stage.name, count.inputs, count.kept, count.rejected)
     return count
 

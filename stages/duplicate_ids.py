@@ -3,20 +3,22 @@
 Identity is (source, id): two sources may share ids, one source may not. The first record (smallest
 `_piece`, `_row`, i.e. first in input order) is processed normally; every later one is rejected as
 `duplicate_id`, its detail naming where the first came from (`origin`: file and line, byte offset
-or row). Only (source, id, origin, _piece, _row) move through the shuffle.
+or row). Only (source, id, origin, _piece, _row) move through the shuffle, to a box per hash of
+(source, id).
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
 import polars as pl
 import pyarrow as pa
-import ray
 
 from pipeline.config import SluiceConfig
-from stages.dedup.components import PART
+from pipeline.mailbox import BOX, Parts, deliver, scatter
 from pipeline.schema import DECISION_SCHEMA
+from pipeline.stage import post_decisions
 from stages.dedup.store import stage_fingerprint
 
 STAGE = "duplicate_id"
@@ -38,16 +40,20 @@ def process(rows: pa.Table) -> pa.Table:
     return out.to_arrow().cast(DECISION_SCHEMA)
 
 
-def _route(batch: pa.Table) -> pa.Table:
-    df = pl.from_arrow(batch.select(["source", "id", "origin", "_piece", "_row"]))
-    part = (pl.concat_str(["source", pl.lit("\x00"), "id"]).hash(ROUTING_SEED) % PARTITIONS).cast(pl.Int32)
-    return df.with_columns(part.alias(PART)).to_arrow()
+def _route(rows: pa.Table) -> pa.Table:
+    df = pl.from_arrow(rows.select(["source", "id", "origin", "_piece", "_row"]))
+    box = pl.concat_str(["source", pl.lit("\x00"), "id"]).hash(ROUTING_SEED) % PARTITIONS
+    return df.with_columns(box.cast(pl.String).alias(BOX)).to_arrow()
 
 
-def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
-    def duplicate_ids(ds: ray.data.Dataset) -> ray.data.Dataset:
-        routed = ds.map_batches(_route, batch_format="pyarrow")
-        return routed.groupby(PART, num_partitions=PARTITIONS).map_groups(process, batch_format="pyarrow")
+def _decide(letters: pa.Table, box: str, scratch: Path) -> int:
+    return post_decisions(process(letters), scratch, box)
+
+
+def build(cfg: SluiceConfig, workdir: Path) -> Callable[[Parts, Path], None]:
+    def duplicate_ids(rows: Parts, scratch: Path) -> None:
+        scatter(rows, _route, scratch / "ids")
+        deliver(scratch / "ids", functools.partial(_decide, scratch=scratch))
 
     return duplicate_ids
 

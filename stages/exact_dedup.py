@@ -1,8 +1,8 @@
 """Exact dedup: a 128-bit hash of the cleaned text; one keeper per hash, by the `dedup.keep` policy.
 
 Rows become (key, hash, bucket) next to where they are read, so only those small columns move
-through the shuffle; each hash bucket is deduplicated by the same pure function the unit tests call
-on a plain table. Keys sort in keeper order (`stages.dedup.keys`), so a bucket's decisions cannot
+through the shuffle (`pipeline.mailbox`, a box per PARTITIONS buckets); each hash bucket is
+deduplicated by the same pure function the unit tests call on a plain table. Keys sort in keeper order (`stages.dedup.keys`), so a bucket's decisions cannot
 depend on worker or block counts.
 
 The kept documents' hashes persist as `hash_index/bucket-NNNNN.parquet` (hash, source, id). With
@@ -12,6 +12,7 @@ text an earlier run already kept is rejected as its duplicate, and the index wri
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray
 import xxhash
 
 from pipeline.config import KeepPolicy, Section, SluiceConfig
+from pipeline.mailbox import BOX, Parts, deliver, scatter
+from pipeline.stage import post_decisions
 from stages.dedup.keys import decisions, doc_keys, old_keys, parts
 from stages.dedup.store import META, content_digest, find_index, stage_fingerprint, write_meta, write_parquet
 
@@ -36,7 +38,7 @@ DETAIL = "same text hash (xxh3-128) as the kept document"
 INDEX_DIR = "hash_index"
 HASH_NAME = "xxh3-128"
 BUCKETS = 64
-PARTITIONS = 8  # reduce tasks; buckets spread over them
+PARTITIONS = 8  # mailbox boxes (reduce tasks); buckets spread over them
 HASH = "hash"
 BUCKET = "_bucket"
 INDEX_SCHEMA = pa.schema([(HASH, pa.string()), ("source", pa.string()), ("id", pa.string())])
@@ -99,32 +101,41 @@ def earlier_index(against: str) -> Path:
     return folder
 
 
-def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
-    keep = cfg.dedup.keep
-    old_dir = earlier_index(cfg.dedup.exact.against) if cfg.dedup.exact.against else None
-    new_dir = workdir / INDEX_DIR
+def _tag_for_box(rows: pa.Table, keep: KeepPolicy) -> pa.Table:
+    tagged = tag(rows, keep)
+    return tagged.append_column(BOX, pc.cast(pc.remainder(tagged[BUCKET], PARTITIONS), pa.string()))
 
-    def exact_dedup_bucket(group: pa.Table) -> pa.Table:
-        bucket = group[BUCKET][0].as_py()
+
+def _dedupe_box(tagged: pa.Table, box: str, old_dir: Path | None, new_dir: Path, scratch: Path) -> int:
+    """Each hash bucket of one box, against the earlier index's bucket file when there is one; the
+    bucket's index file written, its decisions posted."""
+    decided = []
+    for bucket in sorted(set(tagged[BUCKET].to_pylist())):
+        group = tagged.filter(pc.equal(tagged[BUCKET], bucket))
         old_file = bucket_file(old_dir, bucket) if old_dir else None
         seen = pq.read_table(old_file, schema=INDEX_SCHEMA) if old_file and old_file.is_file() else None
         outcome = dedupe(group, seen)
         # the written file replaces a hard link to the earlier index's file, never writes through it
         write_parquet(outcome.index.sort_by([(HASH, "ascending"), ("source", "ascending"), ("id", "ascending")]),
                       bucket_file(new_dir, bucket))
-        return outcome.decisions
+        decided.append(outcome.decisions)
+    return post_decisions(pa.concat_tables(decided), scratch, box)
 
-    def exact_dedup(ds: ray.data.Dataset) -> ray.data.Dataset:
+
+def build(cfg: SluiceConfig, workdir: Path) -> Callable[[Parts, Path], None]:
+    keep = cfg.dedup.keep
+    old_dir = earlier_index(cfg.dedup.exact.against) if cfg.dedup.exact.against else None
+    new_dir = workdir / INDEX_DIR
+
+    def exact_dedup(rows: Parts, scratch: Path) -> None:
         new_dir.mkdir(parents=True, exist_ok=True)
         if old_dir is not None:  # buckets this run adds nothing to keep their earlier file as it is
             for f in sorted(old_dir.glob("bucket-*.parquet")):
                 (new_dir / f.name).unlink(missing_ok=True)  # a retried attempt finds its own links
                 os.link(f, new_dir / f.name)
-        tagged = ds.map_batches(tag, fn_kwargs={"keep": keep}, batch_format="pyarrow")
-        out = tagged.groupby(BUCKET, num_partitions=PARTITIONS).map_groups(exact_dedup_bucket, batch_format="pyarrow")
-        out = out.materialize()  # the index is written as a side effect: finish it before the metadata
-        write_meta(new_dir, HashIndexMeta())
-        return out
+        scatter(rows, functools.partial(_tag_for_box, keep=keep), scratch / "hashes")
+        deliver(scratch / "hashes", functools.partial(_dedupe_box, old_dir=old_dir, new_dir=new_dir, scratch=scratch))
+        write_meta(new_dir, HashIndexMeta())  # last: the index is complete once its metadata exists
 
     return exact_dedup
 

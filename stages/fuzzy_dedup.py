@@ -11,9 +11,9 @@ every other member of this run is rejected as its `near_duplicate`, whatever the
 count.
 
 Only small columns move, never texts: band rows (key, band, band hash) to their buckets, and
-candidate pairs to the file of their node. Band rows, pairs and sets go through files in the
-stage's folder (`stages.dedup.mailbox`), not through Ray's object store; verification reads only
-the sets its pairs name, from memory-mapped letters.
+candidate pairs to the file of their node. Band rows, pairs, sets, edges and index rows go through
+files in the stage's scratch folder (`pipeline.mailbox`), not through Ray's object store;
+verification reads only the sets its pairs name, from memory-mapped letters.
 
 The kept documents' band hashes persist in `band_index/` with each document's (source, id) and
 where its text lives (piece file relative to the run root, row). With `dedup.fuzzy.against`, a
@@ -22,8 +22,8 @@ a match against an earlier document exactly like one inside the batch.
 """
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,15 +33,15 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray
 
 from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
-from pipeline.runtime import releasing_memory
-from pipeline.schema import DECISION_SCHEMA
-from stages.dedup.components import distributed_components, local_components
+from pipeline.mailbox import BOX, Parts, deliver, part_name, pick, post, receive
+from pipeline.runtime import map_in_order
+from pipeline.stage import post_decisions
+from stages.dedup.components import (ROUTING_SEED, both_directions, component_edges, distributed_components,
+                                     local_components)
 from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, signatures_and_sets, to_blobs
 from stages.dedup.keys import NEW, decisions, doc_keys, old_keys, parts
-from stages.dedup.mailbox import BOX, deliver, pick, post, sender_name
 from stages.dedup import lsh
 from stages.dedup.lsh import EDGE_SCHEMA, band_hashes, candidate_pairs, lsh_params
 from stages.dedup.minhash import MinHashParams, signatures
@@ -52,7 +52,6 @@ STAGE = "fuzzy_dedup"
 READS: tuple[str, ...] = ("source", "id", "text", "quality_score")
 REASON = "near_duplicate"
 INDEX_DIR = "band_index"
-SCRATCH = ".exchange"  # the stage's mailboxes (sets, band rows, pairs, index rows), removed when it ends
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
 PARTITIONS = 8  # shuffle partitions and index parts; fixed, so the index never depends on workers
 # Documents of an earlier run whose shingle sets are rebuilt at once: the hashing's temporaries are
@@ -218,19 +217,15 @@ class Earlier:
                 for path in index_parts(folder)]
 
     def docs(self) -> pa.Table:
-        return _read_old_docs(pa.Table.from_pylist(self.parts(), schema=PART_LIST_SCHEMA))
+        return _read_old_docs(self.parts())
 
     def digest(self) -> str:
         return "+".join(content_digest(f) for f in self.folders)
 
 
-PART_LIST_SCHEMA = pa.schema([("path", pa.string()), ("level", pa.int64())])
-
-
-def _read_old_docs(part_list: pa.Table) -> pa.Table:
-    """The documents of the listed index parts (columns path, level)."""
-    tables = [old_docs(pq.read_table(path, schema=INDEX_SCHEMA), level)
-              for path, level in zip(part_list["path"].to_pylist(), part_list["level"].to_pylist())]
+def _read_old_docs(part_list: list[dict]) -> pa.Table:
+    """The documents of the listed index parts (`Earlier.parts()`)."""
+    tables = [old_docs(pq.read_table(part["path"], schema=INDEX_SCHEMA), part["level"]) for part in part_list]
     return pa.concat_tables(tables) if tables else SKETCH_SCHEMA.empty_table()
 
 
@@ -252,26 +247,42 @@ def _file_box(column: str) -> pl.Expr:
     return pl.format("{}-{}", loc["level"], loc["file"]).alias(BOX)
 
 
-def _post_band_rows(docs: pa.Table, mailbox: Path) -> pa.Table:
+def _post_band_rows(docs: pa.Table, mailbox: Path, sender: str) -> int:
     """Each document's band rows, posted to the bucket partition of their band hash."""
     rows = pl.from_arrow(band_rows(docs)).with_columns((pl.col("band_hash") % PARTITIONS).cast(pl.String).alias(BOX))
-    return post(rows.to_arrow(), mailbox, sender_name(docs, ["key"]))
+    return post(rows.to_arrow(), mailbox, sender)
 
 
-def _sketch(rows: pa.Table, settings: Settings, mailbox: Path) -> pa.Table:
-    """A batch's sketches; with `verify`, their shingle sets are posted to the box of their file,
-    where verification picks the ones it needs, and leave the table."""
-    docs = sketch(rows, settings)
-    if not settings.verify:
-        return docs
-    post(pl.from_arrow(docs.select(["key", SETS])).with_columns(_file_box("key")).to_arrow(), mailbox,
-         sender_name(docs, ["key"]))
-    return docs.drop_columns([SETS])
+def _sketch_part(part: int, rows: Parts, settings: Settings, scratch: Path) -> dict[int, str]:
+    """One part's sketches, posted: band rows to their buckets, the documents' index rows to their
+    index part and, with `verify`, shingle sets to the box of their file, where verification picks
+    the ones it needs. Returns the part's piece files."""
+    table = rows.read(part)
+    docs, sender = sketch(table, settings), part_name(part)
+    if settings.verify:
+        post(pl.from_arrow(docs.select(["key", SETS])).with_columns(_file_box("key")).to_arrow(), scratch / SETS, sender)
+    _post_band_rows(docs, scratch / "bands", sender)
+    _post_index_rows(docs.select(["key", HASHES, "_piece"]), scratch / "index", sender)
+    files = pl.from_arrow(table.select(["_piece", "_file"])).unique()
+    return dict(zip(files["_piece"].to_list(), files["_file"].to_list()))
 
 
-def _pairs_by_node_file(rows: pa.Table) -> pa.Table:
-    """A bucket partition's candidate pairs, each routed to the file of its node."""
-    return pl.from_arrow(bucket_pairs(rows)).with_columns(_file_box("node")).to_arrow()
+def _post_old_band_rows(numbered: tuple[int, dict], mailbox: Path) -> int:
+    """One index part of an earlier run: its documents' band rows, posted like this run's."""
+    number, part = numbered
+    return _post_band_rows(_read_old_docs([part]), mailbox, f"old-{number:06d}")
+
+
+def _pairs_by_node_file(bands: pa.Table, box: str, to: Path) -> int:
+    """A bucket partition's candidate pairs, each posted to the box of its node's file."""
+    return post(pl.from_arrow(bucket_pairs(bands)).with_columns(_file_box("node")).to_arrow(), to, box)
+
+
+def _edges_by_node(edges: pa.Table, box: str, to: Path) -> int:
+    """Candidate (or verified) edges, posted to the component partition of their node."""
+    routed = pl.from_arrow(edges.select(["node", "root"])).with_columns(
+        (pl.col("node").hash(ROUTING_SEED) % PARTITIONS).cast(pl.String).alias(BOX))
+    return post(routed.to_arrow(), to, box)
 
 
 @dataclass(frozen=True)
@@ -294,34 +305,19 @@ class SetSource:
         return sets
 
 
-def _verify(pairs: pa.Table, source: SetSource, threshold: float) -> pa.Table:
-    """One box's candidate pairs that reach the threshold, with only the sets they name read."""
+def _verify(pairs: pa.Table, box: str, source: SetSource, threshold: float, to: Path) -> int:
+    """One box's candidate pairs that reach the threshold, with only the sets they name read,
+    posted as edges."""
     pairs = pl.from_arrow(pairs.select(["node", "root"])).unique().sort(["node", "root"]).to_arrow()
     keys = pl.concat([pl.from_arrow(pairs["node"]), pl.from_arrow(pairs["root"])]).unique().sort().to_list()
-    return verified(pairs, source.sets(keys), threshold)
-
-
-def _collect(ds: ray.data.Dataset, schema: pa.Schema) -> pa.Table:
-    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables]) if tables else schema.empty_table()
-
-
-def _clusters(edges: ray.data.Dataset, clustering: str, detail: str) -> ray.data.Dataset:
-    """Decisions from verified edges: union-find on the driver when few, else large-star/small-star."""
-    n_edges = edges.count()
-    if clustering == "union_find" or (clustering == "auto" and n_edges <= AUTO_LOCAL_EDGES):
-        return ray.data.from_arrow(decisions(local_components(_collect(edges, EDGE_SCHEMA)), REASON, detail))
-    if n_edges == 0:
-        return ray.data.from_arrow(DECISION_SCHEMA.empty_table())
-    components = distributed_components(edges, PARTITIONS)
-    return components.map_batches(decisions, fn_kwargs={"reason": REASON, "detail": detail}, batch_format="pyarrow")
+    return _edges_by_node(verified(pairs, source.sets(keys), threshold), box, to)
 
 
 _INDEX_ROW = pa.schema([("key", pa.string()), (HASHES, pa.list_(pa.uint64())), ("_piece", pa.int32()),
                         ("_row", pa.int32()), ("_drop", pa.bool_()), (BOX, pa.string())])
 
 
-def _post_index_rows(batch: pa.Table, mailbox: Path) -> pa.Table:
+def _post_index_rows(batch: pa.Table, mailbox: Path, sender: str) -> int:
     """Documents (key, band hashes) or rejections (_piece, _row) in one schema, posted to the index
     part of their piece."""
     n, docs = batch.num_rows, "key" in batch.column_names
@@ -332,78 +328,90 @@ def _post_index_rows(batch: pa.Table, mailbox: Path) -> pa.Table:
         "_drop": pa.array([not docs] * n, pa.bool_()),
         BOX: pc.cast(pc.remainder(batch["_piece"], PARTITIONS), pa.string()),
     }).cast(_INDEX_ROW)
-    return post(rows, mailbox, sender_name(batch, ["key"] if docs else ["_piece", "_row"]))
+    return post(rows, mailbox, sender)
 
 
-def _write_index_part(rows: pa.Table, folder: Path) -> pa.Table:
+def _decide(edges: pa.Table, sender: str, scratch: Path, detail: str) -> int:
+    """Decisions from a component's (node, root) edges, posted to their pieces, and their rows to
+    the index mailbox as rejections."""
+    rejected = decisions(edges, REASON, detail)
+    _post_index_rows(rejected.select(["_piece", "_row"]), scratch / "index", f"rejected-{sender}")
+    return post_decisions(rejected, scratch, sender)
+
+
+def _decide_box(letters: pa.Table, box: str, scratch: Path, detail: str) -> int:
+    return _decide(component_edges(letters), box, scratch, detail)
+
+
+def _both_directions(edges: pa.Table, box: str, to: Path) -> int:
+    return post(both_directions(edges, PARTITIONS), to, box)
+
+
+def _cluster(scratch: Path, n_edges: int, clustering: str, detail: str) -> None:
+    """Decisions from the verified edges: union-find on the driver when few, else large-star/small-star."""
+    edges = scratch / "edges"
+    if clustering == "union_find" or (clustering == "auto" and n_edges <= AUTO_LOCAL_EDGES):
+        boxes = sorted(edges.iterdir()) if edges.is_dir() else []
+        table = pa.concat_tables([receive(b).cast(EDGE_SCHEMA) for b in boxes]) if boxes else EDGE_SCHEMA.empty_table()
+        _decide(local_components(table), "driver", scratch, detail)
+        return
+    deliver(edges, functools.partial(_both_directions, to=scratch / "components"))
+    final = distributed_components(scratch / "components", scratch, PARTITIONS)
+    deliver(final, functools.partial(_decide_box, scratch=scratch, detail=detail))
+
+
+def _write_index_part(rows: pa.Table, box: str, folder: Path) -> int:
     """One part of the band index: its pieces' documents less the rejected ones."""
     drop = rows["_drop"]
-    part = rows["_piece"][0].as_py() % PARTITIONS
-    write_parquet(index_table(rows.filter(pc.invert(drop)), rows.filter(drop)), folder / f"part-{part:05d}.parquet")
-    return pa.table({"part": [part]})
+    write_parquet(index_table(rows.filter(pc.invert(drop)), rows.filter(drop)), folder / f"part-{int(box):05d}.parquet")
+    return int(box)
 
 
-def _write_index(docs: ray.data.Dataset, rejected: ray.data.Dataset, mailbox: Path, folder: Path,
-                 meta: IndexMeta) -> None:
-    """The band index of the documents this run keeps: one part per partition, then the metadata."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for rows, columns in ((docs, ["key", HASHES, "_piece"]), (rejected, ["_piece", "_row"])):
-        rows.select_columns(columns).map_batches(_post_index_rows, fn_kwargs={"mailbox": mailbox},
-                                                 batch_format="pyarrow").materialize()
-    deliver(mailbox, _write_index_part, pa.schema([("part", pa.int64())]), folder=folder)
-    write_meta(folder, meta)
-
-
-def _piece_files(docs: ray.data.Dataset, run_root: Path) -> dict[int, str]:
+def _relative_files(files: dict[int, str], run_root: Path) -> dict[int, str]:
     """This run's piece files, relative to the run root (they must lie inside it)."""
-
-    def distinct(batch: pa.Table) -> pa.Table:
-        return pl.from_arrow(batch.select(["_piece", "_file"])).unique().to_arrow()
-
-    pairs = docs.select_columns(["_piece", "_file"]).map_batches(distinct, batch_format="pyarrow").take_all()
-    files = {}
-    for row in pairs:
-        path = Path(row["_file"]).resolve()
+    out = {}
+    for piece, file in sorted(files.items()):
+        path = Path(file).resolve()
         if run_root != path and run_root not in path.parents:
             raise ValueError(f"kept-rows file {path} lies outside the run root {run_root}")
-        files[int(row["_piece"])] = str(path.relative_to(run_root))
-    return dict(sorted(files.items()))
+        out[piece] = str(path.relative_to(run_root))
+    return out
 
 
-def build(cfg: SluiceConfig, workdir: Path) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
+def build(cfg: SluiceConfig, workdir: Path) -> Callable[[Parts, Path], None]:
     """Ray wiring: sketches -> band buckets -> candidate pairs -> exact verification -> components."""
     fuzzy = cfg.dedup.fuzzy
     settings = Settings.from_config(fuzzy, cfg.dedup.keep)
     run_root = Path(cfg.out).resolve()
     earlier = Earlier.load(fuzzy.against, settings) if fuzzy.against else None
 
-    def fuzzy_dedup(ds: ray.data.Dataset) -> ray.data.Dataset:
-        scratch = workdir / SCRATCH
-        docs = ds.map_batches(releasing_memory(_sketch), fn_kwargs={"settings": settings, "mailbox": scratch / SETS},
-                              batch_format="pyarrow").materialize()
-        own = _piece_files(docs, run_root)
-        posted = [docs]
+    def fuzzy_dedup(rows: Parts, scratch: Path) -> None:
+        own: dict[int, str] = {}
+        for files in map_in_order(functools.partial(_sketch_part, rows=rows, settings=settings, scratch=scratch),
+                                  range(rows.count)):
+            own.update(files)
+        own = _relative_files(own, run_root)
         files = TextFiles()
         files.add_run(0, run_root, own)
         if earlier is not None and earlier.parts():
             files.paths.update(earlier.files.paths)
-            # listing the parts and reading them in a map: ray.data.read_parquet costs seconds per call
-            posted.append(ray.data.from_items(earlier.parts()).map_batches(_read_old_docs, batch_format="pyarrow"))
-        for sketches in posted:
-            sketches.map_batches(_post_band_rows, fn_kwargs={"mailbox": scratch / "bands"},
-                                 batch_format="pyarrow").materialize()
+            for _ in map_in_order(functools.partial(_post_old_band_rows, mailbox=scratch / "bands"),
+                                  enumerate(earlier.parts())):
+                pass
         if settings.verify:
-            deliver(scratch / "bands", _pairs_by_node_file, forward_to=scratch / "pairs")
-            edges = deliver(scratch / "pairs", _verify, EDGE_SCHEMA, threshold=settings.threshold,
-                            source=SetSource(scratch / SETS, files, settings.minhash))
+            deliver(scratch / "bands", functools.partial(_pairs_by_node_file, to=scratch / "pairs"))
+            source = SetSource(scratch / SETS, files, settings.minhash)
+            n_edges = sum(deliver(scratch / "pairs", functools.partial(
+                _verify, source=source, threshold=settings.threshold, to=scratch / "edges")))
         else:
-            edges = deliver(scratch / "bands", bucket_pairs, EDGE_SCHEMA)
-        rejected = _clusters(edges, fuzzy.clustering, settings.detail).materialize()
+            n_edges = sum(deliver(scratch / "bands", lambda bands, box: _edges_by_node(
+                bucket_pairs(bands), box, scratch / "edges")))
+        _cluster(scratch, n_edges, fuzzy.clustering, settings.detail)
         parent = os.path.relpath(Path(fuzzy.against).resolve(), run_root) if fuzzy.against else None
-        _write_index(docs, rejected, scratch / "index", workdir / INDEX_DIR,
-                     IndexMeta(params=settings.index_params(), files=own, parent=parent))
-        shutil.rmtree(scratch, ignore_errors=True)
-        return rejected
+        index = workdir / INDEX_DIR
+        index.mkdir(parents=True, exist_ok=True)
+        deliver(scratch / "index", functools.partial(_write_index_part, folder=index))
+        write_meta(index, IndexMeta(params=settings.index_params(), files=own, parent=parent))
 
     return fuzzy_dedup
 

@@ -19,7 +19,6 @@ os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("SLUICE_PROGRESS", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,12 +60,9 @@ def ray_cluster():
     """One local Ray cluster (2 CPUs, no dashboard) shared by every test that needs Ray."""
     import ray
 
-    from pipeline.runtime import configure_data_context
-
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  _temp_dir=str(_STATE / "ray"), configure_logging=False)
-    configure_data_context()
     yield ray
     ray.shutdown()
 

@@ -3,15 +3,23 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from ray import cloudpickle
 
 from pipeline.config import parse_config
+from pipeline.mailbox import receive
 from pipeline.schema import DECISION_SCHEMA
+from pipeline.stage import DECIDED, SCRATCH
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
 
 def web_texts(shared: Path, n: int, min_words: int = 300) -> list[str]:
@@ -57,15 +65,30 @@ def write_pieces(root: Path, rows: pa.Table) -> pa.Table:
     return rows.append_column("_file", pa.array(files, pa.string()))
 
 
+@dataclass(frozen=True)
+class TableParts:
+    """`Parts` over an in-memory table cut into `count` slices, as a stage's input without a run."""
+
+    table: pa.Table
+    count: int
+
+    def read(self, part: int) -> pa.Table:
+        size = -(-self.table.num_rows // self.count)
+        return self.table.slice(part * size, size)
+
+
 def run_stage(ray, module, root: Path, rows: pa.Table, blocks: int = 3, **dedup) -> pa.Table:
-    """The stage's `build` on a Ray dataset of `blocks` blocks; its decisions sorted by row."""
+    """The stage's `build` on `rows` read in `blocks` parts (one Ray task each); the decisions it
+    posted, sorted by row."""
     cfg = parse_config({"out": str(root), "dedup": dedup})
     workdir = root / "stages" / module.STAGE
     workdir.mkdir(parents=True, exist_ok=True)
-    chunk = -(-rows.num_rows // blocks)
-    ds = ray.data.from_arrow([rows.slice(i, chunk) for i in range(0, rows.num_rows, chunk)])
-    out = [t for t in ray.get(module.build(cfg, workdir)(ds).to_arrow_refs()) if t.num_rows]
-    table = pa.concat_tables([t.cast(DECISION_SCHEMA) for t in out]) if out else DECISION_SCHEMA.empty_table()
+    scratch = workdir / SCRATCH
+    shutil.rmtree(scratch, ignore_errors=True)
+    module.build(cfg, workdir)(TableParts(rows, blocks), scratch)
+    boxes = sorted((scratch / DECIDED).iterdir()) if (scratch / DECIDED).is_dir() else []
+    out = [receive(box).cast(DECISION_SCHEMA) for box in boxes]
+    table = pa.concat_tables(out) if out else DECISION_SCHEMA.empty_table()
     return table.sort_by([("_piece", "ascending"), ("_row", "ascending")])
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 
 from pipeline.config import ConfigError, parse_config
+from pipeline.stage import SCRATCH
 from pipeline.summary import load_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,20 +86,23 @@ def _shared_inputs(shared: Path) -> list[dict]:
             {"path": str(shared / "sms-spam" / "SMSSpamCollection.tsv"), "text_field": "SMS", "id_field": None}]
 
 
-def test_block_size_does_not_change_output(shared_data, tmp_path, ray_cluster, prefect_harness):
-    ctx = ray.data.DataContext.get_current()
-    default = ctx.target_max_block_size
+def test_tasks_in_flight_do_not_change_output_and_stages_leave_no_scratch(shared_data, tmp_path, ray_cluster,
+                                                                         prefect_harness, monkeypatch):
+    """One task at a time against eight: which task finishes first must not reach the bytes (letters
+    are read in name order, decisions sorted by row)."""
+    import flows.curate
+    import pipeline.runtime
+
     digests = []
-    for i, block in enumerate([default, 64 * 1024]):
-        ctx.target_max_block_size = block
-        try:
-            run_curate(config(_shared_inputs(shared_data), tmp_path / f"run{i}"))
-        finally:
-            ctx.target_max_block_size = default
+    for i, in_flight in enumerate([1, 8]):
+        for module in (pipeline.runtime, flows.curate):
+            monkeypatch.setattr(module, "default_in_flight", lambda n=in_flight: n)
+        run_curate(config(_shared_inputs(shared_data), tmp_path / f"run{i}"))
         digests.append(tree_digest(tmp_path / f"run{i}"))
     assert digests[0] == digests[1] and len(digests[0]) >= 5
     summary = load_summary(tmp_path / "run0")
     assert summary.rejected_by_reason["exact_duplicate"] >= 403  # the SMS set's repeated copies
+    assert not list((tmp_path / "run0" / "stages").glob(f"*/{SCRATCH}"))  # the mailboxes go with their stage
 
 
 def test_killed_run_resumes_on_one_cpu_and_matches(shared_data, tmp_path, ray_cluster, prefect_harness):

@@ -1,7 +1,8 @@
 """The shuffle stages (duplicate ids, exact and fuzzy dedup) on the core's contract: rows in, decisions out.
 
-Each stage is tested as a pure function on a table and through `build(cfg, workdir)` on a small Ray
-dataset whose rows point at real piece files (`_file`, `_row`) under a run root, as the core's do.
+Each stage is tested as a pure function on a table and through `build(cfg, workdir)` on a small
+table read in parts by Ray tasks, whose rows point at real piece files (`_file`, `_row`) under a run
+root, as the core's do.
 """
 from __future__ import annotations
 

@@ -108,11 +108,11 @@ def test_chaos_kills_at_seeded_commit_points_then_resume_is_byte_identical(share
 
 
 def _kill_one_worker(stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL the first Ray worker seen running a Ray Data task."""
+    """SIGKILL the first Ray worker seen running one of the run's tasks (by the name in its process title)."""
     while not stop.is_set() and not killed:
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if cmd.startswith("ray::") and any(op in cmd for op in ("_run_piece", "_apply", "MapBatches", "Reduce")):
+            if cmd.startswith("ray::") and any(op in cmd for op in ("_run_piece", "_send_part", "_open_box", "_apply")):
                 os.kill(p.info["pid"], signal.SIGKILL)
                 killed.append(p.info["pid"])
                 return

@@ -1,14 +1,16 @@
-"""The file shuffle fuzzy dedup moves its large exchanges through (`stages.dedup.mailbox`)."""
+"""The file shuffle the dedup stages move their small columns through (`pipeline.mailbox`)."""
 from __future__ import annotations
 
+import functools
 import sys
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray import cloudpickle
 
-from stages.dedup.mailbox import BOX, deliver, pick, post, receive, sender_name
+from pipeline.mailbox import BOX, deliver, pick, post, receive, scatter
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
@@ -25,25 +27,35 @@ def test_a_retried_sender_rewrites_its_letters_and_receivers_read_in_name_order(
     assert receive(tmp_path / "b").to_pydict() == {"key": ["k4"]}
 
 
-def test_sender_names_differ_between_batches_and_repeat_on_retry():
-    batch = pa.table({"piece": [1, 1], "row": [7, 8]})
-    assert sender_name(batch, ["piece", "row"]) == sender_name(batch, ["piece", "row"])
-    assert sender_name(batch, ["piece", "row"]) != sender_name(batch.slice(1), ["piece", "row"])
-    assert sender_name(batch, ["piece", "row"]) != sender_name(batch.rename_columns(["a", "b"]), ["a", "b"])
-
-
-def forward_by_first_letter(table: pa.Table) -> pa.Table:
-    return table.append_column(BOX, pc.utf8_slice_codeunits(table["key"], 0, 1))
+def forward_by_first_letter(table: pa.Table, box: str, to) -> int:
+    return post(table.append_column(BOX, pc.utf8_slice_codeunits(table["key"], 0, 1)), to, box)
 
 
 def test_deliver_runs_each_box_once_and_forwards(ray_cluster, tmp_path):
     post(letters(["ax", "by", "az"], ["1", "1", "2"]), tmp_path / "first", "s")
-    listed = deliver(tmp_path / "first", forward_by_first_letter, forward_to=tmp_path / "second")
-    assert sorted(row["box"] for row in listed.take_all()) == ["a", "a", "b"]  # box 1 wrote a and b, box 2 a
-    schema = pa.schema([("key", pa.string())])
-    got = deliver(tmp_path / "second", lambda t: t.sort_by("key"), schema).take_all()
-    assert [row["key"] for row in got] == ["ax", "az", "by"]  # box a (letters from 1 and 2), then box b
-    assert deliver(tmp_path / "none", lambda t: t, schema).count() == 0
+    posted = deliver(tmp_path / "first", functools.partial(forward_by_first_letter, to=tmp_path / "second"))
+    assert posted == [2, 1]  # box 1 sent ax and by, box 2 az: results in box order
+    assert sorted(p.name for p in (tmp_path / "second" / "a").iterdir()) == ["1.arrow", "2.arrow"]
+    got = deliver(tmp_path / "second", lambda t, box: (box, sorted(t["key"].to_pylist())))
+    assert got == [("a", ["ax", "az"]), ("b", ["by"])]
+    assert deliver(tmp_path / "none", lambda t, box: box) == []
+
+
+@dataclass(frozen=True)
+class Slices:
+    table: pa.Table
+    count: int
+
+    def read(self, part: int) -> pa.Table:
+        return self.table.slice(part * 2, 2)
+
+
+def test_scatter_posts_each_part_as_its_own_sender(ray_cluster, tmp_path):
+    parts = Slices(pa.table({"key": ["k0", "k1", "k2", "k3", "k4"]}), 3)
+    n = scatter(parts, lambda t: t.append_column(BOX, pa.array(["x"] * t.num_rows)), tmp_path)
+    assert n == 5
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["000000.arrow", "000001.arrow", "000002.arrow"]
+    assert receive(tmp_path / "x")["key"].to_pylist() == ["k0", "k1", "k2", "k3", "k4"]
 
 
 def test_pick_reads_only_the_rows_asked_for_across_letters(tmp_path):

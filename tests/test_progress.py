@@ -70,27 +70,3 @@ def test_in_a_tty_stages_share_one_bar_display_and_log_nothing(lines):
     assert "clean" in shown and "rules" in shown and "600/1000" in shown and "50/50" in shown
     assert "300 rows/s, 1.5 MB/s" in shown
     assert lines() == []
-
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def test_ray_datas_transient_no_cpu_warning_is_dropped_and_its_other_warnings_kept():
-    from pipeline.runtime import configure_data_context
-
-    configure_data_context()
-    logger, seen = logging.getLogger("ray.data.dataset"), Collect()
-    logger.addHandler(seen)
-    try:
-        logger.warning("Warning: The Ray cluster currently does not have any available CPUs. The Dataset job "
-                       "will hang unless more CPUs are freed up.")
-        logger.warning("Your dataset has one block")
-    finally:
-        logger.removeHandler(seen)
-    assert seen.messages == ["Your dataset has one block"]

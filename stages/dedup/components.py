@@ -1,4 +1,4 @@
-"""Connected components of the candidate graph: distributed on Ray Data, or on the driver.
+"""Connected components of the candidate graph: distributed over mailboxes, or on the driver.
 
 Both return, for every node of a component with more than one node, the edge (node, root) where
 root is the component's smallest node (string order); roots themselves get no row. So both give
@@ -11,15 +11,18 @@ partitions, each partition handled vectorised in polars, so no process ever hold
 """
 from __future__ import annotations
 
+import functools
+import shutil
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import ray
-from ray.data.grouped_data import GroupedData
+import pyarrow.compute as pc
 
+from pipeline.mailbox import BOX, deliver, post
 from stages.dedup.lsh import EDGE_SCHEMA
 
-PART = "_part"
 CHANGED = "_changed"
 # polars' hash is stable within one polars version: enough to route rows inside one run.
 ROUTING_SEED = 20240601
@@ -49,13 +52,13 @@ def local_components(edges: pa.Table) -> pa.Table:
 
 
 def _route(df: pl.DataFrame, partitions: int) -> pl.DataFrame:
-    return df.with_columns((pl.col("node").hash(ROUTING_SEED) % partitions).cast(pl.Int32).alias(PART))
+    return df.with_columns((pl.col("node").hash(ROUTING_SEED) % partitions).cast(pl.String).alias(BOX))
 
 
-def _both_directions(batch: pa.Table, partitions: int) -> pa.Table:
-    df = pl.from_arrow(batch.select(["node", "root"]))
-    both = pl.concat([df, df.select(node="root", root="node")])
-    return _route(both, partitions).to_arrow()
+def both_directions(edges: pa.Table, partitions: int) -> pa.Table:
+    """Each edge as (node, root) and (root, node), routed to the box of its `node`: large-star's input."""
+    df = pl.from_arrow(edges.select(["node", "root"]))
+    return _route(pl.concat([df, df.select(node="root", root="node")]), partitions).to_arrow()
 
 
 def large_star(edges: pa.Table) -> pa.Table:
@@ -85,38 +88,40 @@ def small_star(edges: pa.Table) -> pa.Table:
     return pl.concat([own, rewired]).to_arrow()
 
 
-def by_partition(ds: ray.data.Dataset, partitions: int) -> GroupedData:
-    """Group on the `_part` column (the sort-based shuffle is set in `pipeline.runtime`)."""
-    return ds.groupby(PART, num_partitions=partitions)
+def _large_step(letters: pa.Table, box: str, partitions: int, to: Path) -> int:
+    """Large-star on one box, its edges posted to the box of their larger end; returns edges changed."""
+    out = large_star(letters)
+    post(_route(pl.from_arrow(out.select(["node", "root"])), partitions).to_arrow(), to, box)
+    return int(pc.sum(out[CHANGED]).as_py() or 0)
 
 
-def _grouped(ds: ray.data.Dataset, step, partitions: int) -> ray.data.Dataset:
-    def run(group: pa.Table) -> pa.Table:
-        return step(group)
-
-    run.__name__ = step.__name__
-    return by_partition(ds, partitions).map_groups(run, batch_format="pyarrow").materialize()
-
-
-def _edges_only(batch: pa.Table) -> pa.Table:
-    return batch.select(EDGE_SCHEMA.names).cast(EDGE_SCHEMA)
+def _small_step(letters: pa.Table, box: str, partitions: int, to: Path) -> int:
+    """Small-star on one box, its edges posted in both directions for the next round; returns edges changed."""
+    out = small_star(letters)
+    post(both_directions(out, partitions), to, box)
+    return int(pc.sum(out[CHANGED]).as_py() or 0)
 
 
-def _changes(ds: ray.data.Dataset) -> int:
-    return int(ds.sum(CHANGED) or 0)
+def distributed_components(edges: Path, scratch: Path, partitions: int) -> Path:
+    """Alternate large-star and small-star until neither changes an edge.
 
-
-def distributed_components(edges: ray.data.Dataset, partitions: int) -> ray.data.Dataset:
-    """(node, root) over Ray Data: alternate large-star and small-star until neither changes an edge."""
-
-    def route(batch: pa.Table) -> pa.Table:
-        return _route(pl.from_arrow(batch.select(["node", "root"])), partitions).to_arrow()
-
-    current = edges
+    `edges` is a mailbox holding every edge in both directions (`both_directions`); the result is
+    a mailbox (in `scratch`) in the same form, from whose boxes `component_edges` takes (node, root).
+    """
+    current, round_ = edges, 0
     while True:
-        large = _grouped(current.map_batches(_both_directions, fn_kwargs={"partitions": partitions},
-                                             batch_format="pyarrow"), large_star, partitions)
-        small = _grouped(large.map_batches(route, batch_format="pyarrow"), small_star, partitions)
-        current = small.map_batches(_edges_only, batch_format="pyarrow")
-        if _changes(large) == 0 and _changes(small) == 0:
-            return current
+        large, after = scratch / f"large-{round_}", scratch / f"round-{round_ + 1}"
+        changed = sum(deliver(current, functools.partial(_large_step, partitions=partitions, to=large)))
+        changed += sum(deliver(large, functools.partial(_small_step, partitions=partitions, to=after)))
+        shutil.rmtree(large, ignore_errors=True)
+        if current != edges:
+            shutil.rmtree(current, ignore_errors=True)
+        if changed == 0:
+            return after
+        current, round_ = after, round_ + 1
+
+
+def component_edges(letters: pa.Table) -> pa.Table:
+    """A box of `distributed_components`'s result as (node, root) rows, each node once."""
+    df = pl.from_arrow(letters.select(["node", "root"])).filter(pl.col("node") > pl.col("root")).unique()
+    return df.sort("node").to_arrow().cast(EDGE_SCHEMA)

@@ -101,6 +101,7 @@ class EphemeralServer:
                     raise
                 self.start()
         os.environ["PREFECT_API_URL"] = self.url
+        os.environ.setdefault("PREFECT_UI_URL", "")  # it serves no UI: no "View at" link to a page that is not there
         refresh_global_settings_context()
         log.info("Prefect API (ephemeral, this command's own): %s", self.url)
 

@@ -13,11 +13,7 @@ import json
 import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterator
@@ -25,62 +21,12 @@ from typing import IO, Iterator
 import psutil
 from pydantic import BaseModel, ValidationError
 
-from flows.processes import ProcessRef, kill_recorded, spawn, start_watchdog, stop_group
+from flows.prefect_server import LocalServer, local_prefect_server
+from flows.processes import ProcessRef, kill_recorded, start_watchdog
 
 log = logging.getLogger("sluice")
 
 LOCK_FILE = ".serve.lock"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalServer(BaseModel):
-    """A `prefect server start` this command owns: its API, and what stops it (process group = pid)."""
-
-    api_url: str
-    port: int
-    process: ProcessRef
-
-    @property
-    def ui_url(self) -> str:
-        return self.api_url.removesuffix("/api")
-
-
-@contextlib.contextmanager
-def local_prefect_server(port: int | None = None, timeout: float = 120) -> Iterator[LocalServer]:
-    """A `prefect server start` bound to 127.0.0.1 whose UI uses its own API, healthy before this yields.
-
-    Without PREFECT_SERVER_UI_API_URL the UI asks for http://127.0.0.1:4200/api whatever the port.
-    """
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    proc = spawn([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                 env={**os.environ, "PREFECT_SERVER_UI_API_URL": url},
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_healthy(proc, url, timeout)
-        log.info("local Prefect server: %s (UI at http://127.0.0.1:%d)", url, port)
-        yield LocalServer(api_url=url, port=port, process=ProcessRef.of(proc.pid))
-    finally:
-        stop_group(proc)
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with code {proc.returncode} before it was healthy")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"prefect server on {url} not healthy after {timeout:.0f} s")
-        time.sleep(0.5)
 
 
 class ServeRecord(BaseModel):

@@ -74,19 +74,25 @@ def test_inspect_refuses_a_folder_without_manifest(tmp_path):
 
 def test_start_services_brings_up_prefect_beside_ray_with_one_thread_workers():
     """Prefect's ephemeral server starts beside Ray (flows/startup.py), not at the first flow call:
-    in a fresh process with no Prefect API configured, both answer before any flow has run; and a
-    Ray task, holding one CPU, gets one polars thread (pipeline.runtime.WORKER_ENV)."""
+    in a fresh process with no Prefect API configured, both answer before any flow has run, and a
+    flow then runs against that server (its runs are in its database), while the command itself
+    never imports Prefect's server package; a Ray task, holding one CPU, gets one polars thread
+    (pipeline.runtime.WORKER_ENV)."""
     code = textwrap.dedent("""
-        import httpx, ray
-        from prefect.server.api.server import SubprocessASGIServer
+        import os, sys, httpx, ray
         from flows.startup import start_services
         from pipeline.config import RayConfig
         start_services(RayConfig(num_cpus=2))
-        server = SubprocessASGIServer()
+        url = os.environ["PREFECT_API_URL"]
+        health = httpx.get(url + "/health").status_code
+        from prefect import flow
+        flow_run = flow(lambda: __import__("prefect.runtime").runtime.flow_run.id, name="probe")()
+        found = httpx.get(url + f"/flow_runs/{flow_run}").json()
         threads = ray.get(ray.remote(lambda: __import__("polars").thread_pool_size()).remote())
-        print(ray.is_initialized(), server.running, httpx.get(server.api_url + "/health").status_code, threads)
+        print(ray.is_initialized(), url.startswith("http://127.0.0.1:"), health,
+              found["name"] is not None and found["id"] == flow_run, "prefect.server.api.server" in sys.modules, threads)
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=180)
-    assert done.stdout.split()[-4:] == ["True", "True", "200", "1"], done.stderr[-2000:]
+    assert done.stdout.split()[-6:] == ["True", "True", "200", "True", "False", "1"], done.stderr[-2000:]

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from flows.processes import ProcessRef, kill_recorded
-from flows.serve import AlreadyServing, LocalServer, ServeLock, ServeRecord
+from flows.prefect_server import LocalServer
+from flows.serve import AlreadyServing, ServeLock, ServeRecord
 from pipeline.democorpus import generate_corpus
 from proctrack import Recorder, alive_after, listening
 

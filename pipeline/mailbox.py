@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.runtime import map_in_order
+from pipeline.runtime import map_in_order, task_name
 
 BOX = "_box"  # the column naming each posted row's receiver
 R = TypeVar("R")
@@ -31,7 +31,8 @@ R = TypeVar("R")
 class Parts(Protocol):
     """A table read in parts, one task per part (a run's pieces; a test's slices of a table)."""
 
-    count: int
+    count: int  # parts
+    rows: int  # rows in all, known before any part is read: what an exchange sizes its boxes by
 
     def read(self, part: int) -> pa.Table:
         ...
@@ -81,7 +82,8 @@ def _send_part(parts: Parts, route: Callable[[pa.Table], pa.Table], mailbox: Pat
 
 def scatter(parts: Parts, route: Callable[[pa.Table], pa.Table], mailbox: Path) -> int:
     """Post every part's rows, `route`d (a BOX column added), one task per part; return the rows posted."""
-    return sum(map_in_order(functools.partial(_send_part, parts, route, mailbox), range(parts.count)))
+    return sum(map_in_order(functools.partial(_send_part, parts, route, mailbox), range(parts.count),
+                            name=task_name(route)))
 
 
 def _open_box(mailbox: Path, handle: Callable[[pa.Table, str], R], box: str) -> R:
@@ -92,4 +94,4 @@ def deliver(mailbox: Path, handle: Callable[[pa.Table, str], R]) -> list[R]:
     """`handle(letters, box)` for each box of `mailbox`, one Ray task per box, results in box name
     order (none when nothing was posted). A handler that sends on posts with its box as the sender."""
     boxes = sorted(p.name for p in mailbox.iterdir()) if mailbox.is_dir() else []
-    return list(map_in_order(functools.partial(_open_box, mailbox, handle), boxes))
+    return list(map_in_order(functools.partial(_open_box, mailbox, handle), boxes, name=task_name(handle)))

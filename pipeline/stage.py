@@ -321,6 +321,7 @@ class PieceRows:
     columns: tuple[str, ...]
     earlier: tuple[str, ...]  # the earlier shuffle stages' folders
     count: int
+    rows: int  # the rows the stage reads in all (what the earlier stages kept)
 
     def read(self, part: int) -> pa.Table:
         path = RunDir(self.root).segment_piece(self.segment, part) / KEPT_FILE
@@ -362,7 +363,7 @@ def run_shuffle(run: RunDir, plan: Plan, index: int, inputs: int) -> StageCount:
         return StageCount.model_validate(done["count"])
     earlier = tuple(str(run.stage_path(s.name)) for s in plan.shuffles[:index])
     wanted = tuple(c for c in KEPT_SCHEMA.names if c in stage.reads | {"source", "id"})
-    rows = PieceRows(str(run.root), plan.segments[-1].name, wanted, earlier, len(plan.pieces))
+    rows = PieceRows(str(run.root), plan.segments[-1].name, wanted, earlier, len(plan.pieces), inputs)
     marker: dict = {}
     with atomic_dir(folder, marker) as tmp:
         stage.build(tmp)(rows, tmp / SCRATCH)

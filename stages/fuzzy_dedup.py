@@ -38,8 +38,7 @@ from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
 from pipeline.mailbox import BOX, Parts, deliver, part_name, pick, post, receive
 from pipeline.runtime import map_in_order
 from pipeline.stage import post_decisions
-from stages.dedup.components import (ROUTING_SEED, both_directions, component_edges, distributed_components,
-                                     local_components)
+from stages.dedup.components import both_directions, by_node, component_edges, distributed_components, local_components
 from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, signatures_and_sets, to_blobs
 from stages.dedup.keys import NEW, decisions, doc_keys, old_keys, parts
 from stages.dedup import lsh
@@ -53,7 +52,12 @@ READS: tuple[str, ...] = ("source", "id", "text", "quality_score")
 REASON = "near_duplicate"
 INDEX_DIR = "band_index"
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
-PARTITIONS = 8  # shuffle partitions and index parts; fixed, so the index never depends on workers
+# Mailbox boxes (and band index parts): at least PARTITIONS, one more per DOCS_PER_BOX documents, so
+# what one task holds (a box's band rows and their candidate pairs) stays flat as the corpus grows.
+# Fixed by the input, never by the workers. (400k documents in 8 boxes: a worker finding candidates
+# peaked at 547 MB RSS, 330 MB when idle.)
+PARTITIONS = 8
+DOCS_PER_BOX = 20_000
 # Documents of an earlier run whose shingle sets are rebuilt at once: the hashing's temporaries are
 # many times the text (see stages.dedup.minhash.SIGNATURE_BATCH for the measured trade-off).
 HASH_BATCH = 512
@@ -247,13 +251,18 @@ def _file_box(column: str) -> pl.Expr:
     return pl.format("{}-{}", loc["level"], loc["file"]).alias(BOX)
 
 
-def _post_band_rows(docs: pa.Table, mailbox: Path, sender: str) -> int:
+def partitions(documents: int) -> int:
+    """The boxes of the stage's exchanges for a stage input of `documents` rows."""
+    return max(PARTITIONS, -(-documents // DOCS_PER_BOX))
+
+
+def _post_band_rows(docs: pa.Table, mailbox: Path, sender: str, boxes: int) -> int:
     """Each document's band rows, posted to the bucket partition of their band hash."""
-    rows = pl.from_arrow(band_rows(docs)).with_columns((pl.col("band_hash") % PARTITIONS).cast(pl.String).alias(BOX))
+    rows = pl.from_arrow(band_rows(docs)).with_columns((pl.col("band_hash") % boxes).cast(pl.String).alias(BOX))
     return post(rows.to_arrow(), mailbox, sender)
 
 
-def _sketch_part(part: int, rows: Parts, settings: Settings, scratch: Path) -> dict[int, str]:
+def _sketch_part(part: int, rows: Parts, settings: Settings, scratch: Path, boxes: int) -> dict[int, str]:
     """One part's sketches, posted: band rows to their buckets, the documents' index rows to their
     index part and, with `verify`, shingle sets to the box of their file, where verification picks
     the ones it needs. Returns the part's piece files."""
@@ -261,16 +270,16 @@ def _sketch_part(part: int, rows: Parts, settings: Settings, scratch: Path) -> d
     docs, sender = sketch(table, settings), part_name(part)
     if settings.verify:
         post(pl.from_arrow(docs.select(["key", SETS])).with_columns(_file_box("key")).to_arrow(), scratch / SETS, sender)
-    _post_band_rows(docs, scratch / "bands", sender)
-    _post_index_rows(docs.select(["key", HASHES, "_piece"]), scratch / "index", sender)
+    _post_band_rows(docs, scratch / "bands", sender, boxes)
+    _post_index_rows(docs.select(["key", HASHES, "_piece"]), scratch / "index", sender, boxes)
     files = pl.from_arrow(table.select(["_piece", "_file"])).unique()
     return dict(zip(files["_piece"].to_list(), files["_file"].to_list()))
 
 
-def _post_old_band_rows(numbered: tuple[int, dict], mailbox: Path) -> int:
+def _post_old_band_rows(numbered: tuple[int, dict], mailbox: Path, boxes: int) -> int:
     """One index part of an earlier run: its documents' band rows, posted like this run's."""
     number, part = numbered
-    return _post_band_rows(_read_old_docs([part]), mailbox, f"old-{number:06d}")
+    return _post_band_rows(_read_old_docs([part]), mailbox, f"old-{number:06d}", boxes)
 
 
 def _pairs_by_node_file(bands: pa.Table, box: str, to: Path) -> int:
@@ -278,11 +287,9 @@ def _pairs_by_node_file(bands: pa.Table, box: str, to: Path) -> int:
     return post(pl.from_arrow(bucket_pairs(bands)).with_columns(_file_box("node")).to_arrow(), to, box)
 
 
-def _edges_by_node(edges: pa.Table, box: str, to: Path) -> int:
+def _edges_by_node(edges: pa.Table, box: str, to: Path, boxes: int) -> int:
     """Candidate (or verified) edges, posted to the component partition of their node."""
-    routed = pl.from_arrow(edges.select(["node", "root"])).with_columns(
-        (pl.col("node").hash(ROUTING_SEED) % PARTITIONS).cast(pl.String).alias(BOX))
-    return post(routed.to_arrow(), to, box)
+    return post(by_node(pl.from_arrow(edges.select(["node", "root"])), boxes).to_arrow(), to, box)
 
 
 @dataclass(frozen=True)
@@ -305,19 +312,19 @@ class SetSource:
         return sets
 
 
-def _verify(pairs: pa.Table, box: str, source: SetSource, threshold: float, to: Path) -> int:
+def _verify(pairs: pa.Table, box: str, source: SetSource, threshold: float, to: Path, boxes: int) -> int:
     """One box's candidate pairs that reach the threshold, with only the sets they name read,
     posted as edges."""
     pairs = pl.from_arrow(pairs.select(["node", "root"])).unique().sort(["node", "root"]).to_arrow()
     keys = pl.concat([pl.from_arrow(pairs["node"]), pl.from_arrow(pairs["root"])]).unique().sort().to_list()
-    return _edges_by_node(verified(pairs, source.sets(keys), threshold), box, to)
+    return _edges_by_node(verified(pairs, source.sets(keys), threshold), box, to, boxes)
 
 
 _INDEX_ROW = pa.schema([("key", pa.string()), (HASHES, pa.list_(pa.uint64())), ("_piece", pa.int32()),
                         ("_row", pa.int32()), ("_drop", pa.bool_()), (BOX, pa.string())])
 
 
-def _post_index_rows(batch: pa.Table, mailbox: Path, sender: str) -> int:
+def _post_index_rows(batch: pa.Table, mailbox: Path, sender: str, boxes: int) -> int:
     """Documents (key, band hashes) or rejections (_piece, _row) in one schema, posted to the index
     part of their piece."""
     n, docs = batch.num_rows, "key" in batch.column_names
@@ -326,38 +333,38 @@ def _post_index_rows(batch: pa.Table, mailbox: Path, sender: str) -> int:
         HASHES: batch[HASHES] if docs else pa.nulls(n, pa.list_(pa.uint64())),
         "_piece": batch["_piece"], "_row": pa.nulls(n, pa.int32()) if docs else batch["_row"],
         "_drop": pa.array([not docs] * n, pa.bool_()),
-        BOX: pc.cast(pc.remainder(batch["_piece"], PARTITIONS), pa.string()),
+        BOX: pc.cast(pc.remainder(batch["_piece"], boxes), pa.string()),
     }).cast(_INDEX_ROW)
     return post(rows, mailbox, sender)
 
 
-def _decide(edges: pa.Table, sender: str, scratch: Path, detail: str) -> int:
+def _decide(edges: pa.Table, sender: str, scratch: Path, detail: str, boxes: int) -> int:
     """Decisions from a component's (node, root) edges, posted to their pieces, and their rows to
     the index mailbox as rejections."""
     rejected = decisions(edges, REASON, detail)
-    _post_index_rows(rejected.select(["_piece", "_row"]), scratch / "index", f"rejected-{sender}")
+    _post_index_rows(rejected.select(["_piece", "_row"]), scratch / "index", f"rejected-{sender}", boxes)
     return post_decisions(rejected, scratch, sender)
 
 
-def _decide_box(letters: pa.Table, box: str, scratch: Path, detail: str) -> int:
-    return _decide(component_edges(letters), box, scratch, detail)
+def _decide_box(letters: pa.Table, box: str, scratch: Path, detail: str, boxes: int) -> int:
+    return _decide(component_edges(letters), box, scratch, detail, boxes)
 
 
-def _both_directions(edges: pa.Table, box: str, to: Path) -> int:
-    return post(both_directions(edges, PARTITIONS), to, box)
+def _both_directions(edges: pa.Table, box: str, to: Path, boxes: int) -> int:
+    return post(both_directions(edges, boxes), to, box)
 
 
-def _cluster(scratch: Path, n_edges: int, clustering: str, detail: str) -> None:
+def _cluster(scratch: Path, n_edges: int, clustering: str, detail: str, boxes: int) -> None:
     """Decisions from the verified edges: union-find on the driver when few, else large-star/small-star."""
     edges = scratch / "edges"
     if clustering == "union_find" or (clustering == "auto" and n_edges <= AUTO_LOCAL_EDGES):
-        boxes = sorted(edges.iterdir()) if edges.is_dir() else []
-        table = pa.concat_tables([receive(b).cast(EDGE_SCHEMA) for b in boxes]) if boxes else EDGE_SCHEMA.empty_table()
-        _decide(local_components(table), "driver", scratch, detail)
+        found = [receive(box).cast(EDGE_SCHEMA) for box in sorted(edges.iterdir())] if edges.is_dir() else []
+        table = pa.concat_tables(found) if found else EDGE_SCHEMA.empty_table()
+        _decide(local_components(table), "driver", scratch, detail, boxes)
         return
-    deliver(edges, functools.partial(_both_directions, to=scratch / "components"))
-    final = distributed_components(scratch / "components", scratch, PARTITIONS)
-    deliver(final, functools.partial(_decide_box, scratch=scratch, detail=detail))
+    deliver(edges, functools.partial(_both_directions, to=scratch / "components", boxes=boxes))
+    final = distributed_components(scratch / "components", scratch, boxes)
+    deliver(final, functools.partial(_decide_box, scratch=scratch, detail=detail, boxes=boxes))
 
 
 def _write_index_part(rows: pa.Table, box: str, folder: Path) -> int:
@@ -386,27 +393,28 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[Parts, Path], None]:
     earlier = Earlier.load(fuzzy.against, settings) if fuzzy.against else None
 
     def fuzzy_dedup(rows: Parts, scratch: Path) -> None:
+        boxes = partitions(rows.rows)
         own: dict[int, str] = {}
-        for files in map_in_order(functools.partial(_sketch_part, rows=rows, settings=settings, scratch=scratch),
-                                  range(rows.count)):
+        for files in map_in_order(functools.partial(_sketch_part, rows=rows, settings=settings, scratch=scratch,
+                                                    boxes=boxes), range(rows.count)):
             own.update(files)
         own = _relative_files(own, run_root)
         files = TextFiles()
         files.add_run(0, run_root, own)
         if earlier is not None and earlier.parts():
             files.paths.update(earlier.files.paths)
-            for _ in map_in_order(functools.partial(_post_old_band_rows, mailbox=scratch / "bands"),
+            for _ in map_in_order(functools.partial(_post_old_band_rows, mailbox=scratch / "bands", boxes=boxes),
                                   enumerate(earlier.parts())):
                 pass
         if settings.verify:
             deliver(scratch / "bands", functools.partial(_pairs_by_node_file, to=scratch / "pairs"))
             source = SetSource(scratch / SETS, files, settings.minhash)
             n_edges = sum(deliver(scratch / "pairs", functools.partial(
-                _verify, source=source, threshold=settings.threshold, to=scratch / "edges")))
+                _verify, source=source, threshold=settings.threshold, to=scratch / "edges", boxes=boxes)))
         else:
             n_edges = sum(deliver(scratch / "bands", lambda bands, box: _edges_by_node(
-                bucket_pairs(bands), box, scratch / "edges")))
-        _cluster(scratch, n_edges, fuzzy.clustering, settings.detail)
+                bucket_pairs(bands), box, scratch / "edges", boxes)))
+        _cluster(scratch, n_edges, fuzzy.clustering, settings.detail, boxes)
         parent = os.path.relpath(Path(fuzzy.against).resolve(), run_root) if fuzzy.against else None
         index = workdir / INDEX_DIR
         index.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,10 @@ class TableParts:
     table: pa.Table
     count: int
 
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
     def read(self, part: int) -> pa.Table:
         size = -(-self.table.num_rows // self.count)
         return self.table.slice(part * size, size)

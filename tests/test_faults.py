@@ -112,7 +112,7 @@ def _kill_one_worker(stop: threading.Event, killed: list[int]) -> None:
     while not stop.is_set() and not killed:
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if cmd.startswith("ray::") and any(op in cmd for op in ("_run_piece", "_send_part", "_open_box", "_apply")):
+            if cmd.startswith("ray::") and any(op in cmd for op in ("_run_piece", "_apply")):
                 os.kill(p.info["pid"], signal.SIGKILL)
                 killed.append(p.info["pid"])
                 return

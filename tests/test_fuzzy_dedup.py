@@ -148,8 +148,9 @@ def test_ray_stage_matches_the_pure_function_whatever_blocks_and_clustering(ray_
     for blocks, clustering in [(1, "union_find"), (4, "distributed")]:
         got = run_stage(ray_cluster, fuzzy_dedup, tmp_path, rows, blocks=blocks, fuzzy={"clustering": clustering})
         assert got.equals(pure.decisions), clustering
-    # a large corpus's shape: candidates hashed a few at a time, each piece file verified by its own task
-    monkeypatch.setattr(fuzzy_dedup, "HASH_BATCH", 3)
+    # a large corpus's shape: many more boxes than the minimum, each piece file verified by its own task
+    monkeypatch.setattr(fuzzy_dedup, "DOCS_PER_BOX", 3)
+    assert fuzzy_dedup.partitions(rows.num_rows) > 2 * fuzzy_dedup.PARTITIONS
     assert len(set(rows["_piece"].to_pylist())) > 1
     assert run_stage(ray_cluster, fuzzy_dedup, tmp_path, rows, blocks=2).equals(pure.decisions)
 

@@ -45,6 +45,7 @@ def test_deliver_runs_each_box_once_and_forwards(ray_cluster, tmp_path):
 class Slices:
     table: pa.Table
     count: int
+    rows: int = 5
 
     def read(self, part: int) -> pa.Table:
         return self.table.slice(part * 2, 2)

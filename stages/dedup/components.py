@@ -51,14 +51,15 @@ def local_components(edges: pa.Table) -> pa.Table:
     return out.to_arrow().cast(EDGE_SCHEMA)
 
 
-def _route(df: pl.DataFrame, partitions: int) -> pl.DataFrame:
+def by_node(df: pl.DataFrame, partitions: int) -> pl.DataFrame:
+    """Edges with the box of their `node` (a hash of it modulo `partitions`)."""
     return df.with_columns((pl.col("node").hash(ROUTING_SEED) % partitions).cast(pl.String).alias(BOX))
 
 
 def both_directions(edges: pa.Table, partitions: int) -> pa.Table:
     """Each edge as (node, root) and (root, node), routed to the box of its `node`: large-star's input."""
     df = pl.from_arrow(edges.select(["node", "root"]))
-    return _route(pl.concat([df, df.select(node="root", root="node")]), partitions).to_arrow()
+    return by_node(pl.concat([df, df.select(node="root", root="node")]), partitions).to_arrow()
 
 
 def large_star(edges: pa.Table) -> pa.Table:
@@ -91,7 +92,7 @@ def small_star(edges: pa.Table) -> pa.Table:
 def _large_step(letters: pa.Table, box: str, partitions: int, to: Path) -> int:
     """Large-star on one box, its edges posted to the box of their larger end; returns edges changed."""
     out = large_star(letters)
-    post(_route(pl.from_arrow(out.select(["node", "root"])), partitions).to_arrow(), to, box)
+    post(by_node(pl.from_arrow(out.select(["node", "root"])), partitions).to_arrow(), to, box)
     return int(pc.sum(out[CHANGED]).as_py() or 0)
 
 

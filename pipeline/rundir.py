@@ -182,6 +182,11 @@ class RunDir:
         return stage_dir / "decisions" / PIECE_FILE.format(piece)
 
     @staticmethod
+    def exchange(stage_dir: Path) -> Path:
+        """A shuffle stage's mailboxes while it runs (`pipeline.mailbox`), removed when it ends."""
+        return stage_dir / ".exchange"
+
+    @staticmethod
     def part_file(folder: Path, piece: int) -> Path:
         return folder / PART_FILE.format(piece)
 

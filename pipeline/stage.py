@@ -44,8 +44,7 @@ INGEST = "ingest"
 # back: kept apart so a stage's seconds are its own work (run_info.json's stage_seconds).
 SEGMENT_IO = "segment io"
 KEPT_FILE, REJECTED_FILE = "kept.parquet", "rejected.parquet"
-SCRATCH = ".exchange"  # a shuffle stage's mailboxes, removed when it ends
-DECIDED = "decided"  # the mailbox (in SCRATCH) of a shuffle stage's decisions, a box per piece
+DECIDED = "decided"  # the mailbox (in the stage's exchange) of its decisions, a box per piece
 
 
 class PlanError(ValueError):
@@ -366,11 +365,12 @@ def run_shuffle(run: RunDir, plan: Plan, index: int, inputs: int) -> StageCount:
     rows = PieceRows(str(run.root), plan.segments[-1].name, wanted, earlier, len(plan.pieces), inputs)
     marker: dict = {}
     with atomic_dir(folder, marker) as tmp:
-        stage.build(tmp)(rows, tmp / SCRATCH)
+        scratch = RunDir.exchange(tmp)
+        stage.build(tmp)(rows, scratch)
         reasons: Counter[str] = Counter()
-        for counted in deliver(tmp / SCRATCH / DECIDED, functools.partial(_write_decisions, folder=str(tmp))):
+        for counted in deliver(scratch / DECIDED, functools.partial(_write_decisions, folder=str(tmp))):
             reasons.update(counted)
-        shutil.rmtree(tmp / SCRATCH, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
         count = StageCount.of(stage.name, inputs, inputs - sum(reasons.values()), dict(reasons))
         count.check()
         marker.update(fingerprint=fingerprint, count=count.model_dump(by_alias=True))

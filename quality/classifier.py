@@ -28,7 +28,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.optimize import minimize
 from scipy.special import expit
 
 from pipeline.config import ClassifierConfig
@@ -140,6 +139,8 @@ class Calibration(BaseModel):
     @classmethod
     def fit(cls, raw: np.ndarray, labels: np.ndarray, label: str = POSITIVE) -> Calibration:
         """Maximum-likelihood (a, b) under balanced class weights (a convex loss: one optimum)."""
+        from scipy.optimize import minimize  # here: every worker that scores imports this module, ~22 MB
+
         labels = np.asarray(labels, dtype=bool)
         x = _logit(np.asarray(raw, dtype=np.float64))
         weight = np.where(labels, 0.5 / labels.sum(), 0.5 / (~labels).sum())

@@ -13,15 +13,17 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from pipeline.manifest import MANIFEST, read_manifest
 from pipeline.rundir import RunDir, atomic_write_bytes, safe_join
 from pipeline.summary import RunSummary, load_summary
+
+if TYPE_CHECKING:  # matplotlib itself is imported when a figure is drawn: ~25 MB the run's driver
+    from matplotlib.figure import Figure  # would otherwise carry from its first import on
 
 KEPT_COLOR, REJECTED_COLOR, ACCENT = "#2a9d8f", "#e76f51", "#264653"
 SAMPLES_PER_REASON = 3
@@ -204,6 +206,8 @@ def _svg(fig: Figure, salt: str) -> str:
 
 
 def _figure(height: float = 3.2) -> tuple[Figure, object]:
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(8, height), dpi=100)
     ax = fig.subplots()
     ax.spines[["top", "right"]].set_visible(False)
@@ -274,6 +278,8 @@ def language_figure(langs: list[tuple[str, int, int]]) -> str:
 
 
 def cluster_figure(sizes: np.ndarray) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = _figure()
     values, counts = np.unique(sizes, return_counts=True)
     ax.bar(values.astype(str), counts, color=ACCENT)

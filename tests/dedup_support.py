@@ -16,8 +16,9 @@ from ray import cloudpickle
 
 from pipeline.config import parse_config
 from pipeline.mailbox import receive
+from pipeline.rundir import RunDir
 from pipeline.schema import DECISION_SCHEMA
-from pipeline.stage import DECIDED, SCRATCH
+from pipeline.stage import DECIDED
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
@@ -87,7 +88,7 @@ def run_stage(ray, module, root: Path, rows: pa.Table, blocks: int = 3, **dedup)
     cfg = parse_config({"out": str(root), "dedup": dedup})
     workdir = root / "stages" / module.STAGE
     workdir.mkdir(parents=True, exist_ok=True)
-    scratch = workdir / SCRATCH
+    scratch = RunDir.exchange(workdir)
     shutil.rmtree(scratch, ignore_errors=True)
     module.build(cfg, workdir)(TableParts(rows, blocks), scratch)
     boxes = sorted((scratch / DECIDED).iterdir()) if (scratch / DECIDED).is_dir() else []

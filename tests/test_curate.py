@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, parse_config
-from pipeline.stage import SCRATCH
+from pipeline.rundir import RunDir
 from pipeline.summary import load_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +102,8 @@ def test_tasks_in_flight_do_not_change_output_and_stages_leave_no_scratch(shared
     assert digests[0] == digests[1] and len(digests[0]) >= 5
     summary = load_summary(tmp_path / "run0")
     assert summary.rejected_by_reason["exact_duplicate"] >= 403  # the SMS set's repeated copies
-    assert not list((tmp_path / "run0" / "stages").glob(f"*/{SCRATCH}"))  # the mailboxes go with their stage
+    stages = list((tmp_path / "run0" / "stages").iterdir())
+    assert len(stages) == 3 and not any(RunDir.exchange(s).exists() for s in stages)  # mailboxes go with their stage
 
 
 def test_killed_run_resumes_on_one_cpu_and_matches(shared_data, tmp_path, ray_cluster, prefect_harness):

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
 from pipeline.mailbox import BOX, Parts, deliver, part_name, pick, post, receive
-from pipeline.runtime import map_in_order
+from pipeline.runtime import map_in_order, releasing_memory
 from pipeline.stage import post_decisions
 from stages.dedup.components import both_directions, by_node, component_edges, distributed_components, local_components
 from stages.dedup.jaccard import from_blob, jaccard, shingle_sets, signatures_and_sets, to_blobs
@@ -354,13 +354,18 @@ def _both_directions(edges: pa.Table, box: str, to: Path, boxes: int) -> int:
     return post(both_directions(edges, boxes), to, box)
 
 
+@releasing_memory  # the driver hands the edges' and union-find's heap back before the stage goes on
+def _cluster_here(edges: Path, scratch: Path, detail: str, boxes: int) -> None:
+    found = [receive(box).cast(EDGE_SCHEMA) for box in sorted(edges.iterdir())] if edges.is_dir() else []
+    table = pa.concat_tables(found) if found else EDGE_SCHEMA.empty_table()
+    _decide(local_components(table), "driver", scratch, detail, boxes)
+
+
 def _cluster(scratch: Path, n_edges: int, clustering: str, detail: str, boxes: int) -> None:
     """Decisions from the verified edges: union-find on the driver when few, else large-star/small-star."""
     edges = scratch / "edges"
     if clustering == "union_find" or (clustering == "auto" and n_edges <= AUTO_LOCAL_EDGES):
-        found = [receive(box).cast(EDGE_SCHEMA) for box in sorted(edges.iterdir())] if edges.is_dir() else []
-        table = pa.concat_tables(found) if found else EDGE_SCHEMA.empty_table()
-        _decide(local_components(table), "driver", scratch, detail, boxes)
+        _cluster_here(edges, scratch, detail, boxes)
         return
     deliver(edges, functools.partial(_both_directions, to=scratch / "components", boxes=boxes))
     final = distributed_components(scratch / "components", scratch, boxes)

@@ -6,8 +6,9 @@ identical tables, and a root can serve directly as the cluster's keeper when nod
 keeper order.
 
 The distributed path is the alternating large-star / small-star algorithm (Kiveris et al., "Connected
-Components in MapReduce and Beyond", SoCC 2014): each step is one Ray Data groupby over node
-partitions, each partition handled vectorised in polars, so no process ever holds all the edges.
+Components in MapReduce and Beyond", SoCC 2014): each step is one exchange through a mailbox
+(`pipeline.mailbox`) with a box per node partition, each box handled vectorised in polars by its
+own task, so no process ever holds all the edges.
 """
 from __future__ import annotations
 

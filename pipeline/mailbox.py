@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from pipeline.runtime import map_in_order, task_name
 
 BOX = "_box"  # the column naming each posted row's receiver
+MIN_BOXES = 8
 R = TypeVar("R")
 
 
@@ -36,6 +37,13 @@ class Parts(Protocol):
 
     def read(self, part: int) -> pa.Table:
         ...
+
+
+def boxes_for(rows: int, rows_per_box: int) -> int:
+    """The boxes of an exchange of `rows` rows: at least MIN_BOXES, one more per `rows_per_box`, so
+    what one receiving task holds stays flat as the input grows. Fixed by the input, never by the
+    workers, so neither are the outputs."""
+    return max(MIN_BOXES, -(-rows // rows_per_box))
 
 
 def part_name(part: int) -> str:

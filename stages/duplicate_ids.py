@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.config import SluiceConfig
-from pipeline.mailbox import BOX, Parts, deliver, scatter
+from pipeline.mailbox import BOX, Parts, boxes_for, deliver, scatter
 from pipeline.schema import DECISION_SCHEMA
 from pipeline.stage import post_decisions
 from stages.dedup.store import stage_fingerprint
@@ -24,7 +24,7 @@ from stages.dedup.store import stage_fingerprint
 STAGE = "duplicate_id"
 READS: tuple[str, ...] = ("source", "id", "origin")
 REASON = "duplicate_id"
-PARTITIONS = 8
+ROWS_PER_BOX = 200_000  # (source, id, origin, row key) rows one task holds at most, about 20 MB
 ROUTING_SEED = 20240601  # polars' hash is stable within one polars version: enough inside one run
 
 
@@ -40,9 +40,9 @@ def process(rows: pa.Table) -> pa.Table:
     return out.to_arrow().cast(DECISION_SCHEMA)
 
 
-def _route(rows: pa.Table) -> pa.Table:
+def _route(rows: pa.Table, boxes: int) -> pa.Table:
     df = pl.from_arrow(rows.select(["source", "id", "origin", "_piece", "_row"]))
-    box = pl.concat_str(["source", pl.lit("\x00"), "id"]).hash(ROUTING_SEED) % PARTITIONS
+    box = pl.concat_str(["source", pl.lit("\x00"), "id"]).hash(ROUTING_SEED) % boxes
     return df.with_columns(box.cast(pl.String).alias(BOX)).to_arrow()
 
 
@@ -52,7 +52,7 @@ def _decide(letters: pa.Table, box: str, scratch: Path) -> int:
 
 def build(cfg: SluiceConfig, workdir: Path) -> Callable[[Parts, Path], None]:
     def duplicate_ids(rows: Parts, scratch: Path) -> None:
-        scatter(rows, _route, scratch / "ids")
+        scatter(rows, functools.partial(_route, boxes=boxes_for(rows.rows, ROWS_PER_BOX)), scratch / "ids")
         deliver(scratch / "ids", functools.partial(_decide, scratch=scratch))
 
     return duplicate_ids

@@ -1,7 +1,7 @@
 """Exact dedup: a 128-bit hash of the cleaned text; one keeper per hash, by the `dedup.keep` policy.
 
 Rows become (key, hash, bucket) next to where they are read, so only those small columns move
-through the shuffle (`pipeline.mailbox`, a box per PARTITIONS buckets); each hash bucket is
+through the shuffle (`pipeline.mailbox`, each box a share of the buckets); each hash bucket is
 deduplicated by the same pure function the unit tests call on a plain table. Keys sort in keeper order (`stages.dedup.keys`), so a bucket's decisions cannot
 depend on worker or block counts.
 
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from pipeline.config import KeepPolicy, Section, SluiceConfig
-from pipeline.mailbox import BOX, Parts, deliver, scatter
+from pipeline.mailbox import BOX, Parts, boxes_for, deliver, scatter
 from pipeline.stage import post_decisions
 from stages.dedup.keys import decisions, doc_keys, old_keys, parts
 from stages.dedup.store import META, content_digest, find_index, stage_fingerprint, write_meta, write_parquet
@@ -38,7 +38,7 @@ DETAIL = "same text hash (xxh3-128) as the kept document"
 INDEX_DIR = "hash_index"
 HASH_NAME = "xxh3-128"
 BUCKETS = 64
-PARTITIONS = 8  # mailbox boxes (reduce tasks); buckets spread over them
+ROWS_PER_BOX = 200_000  # (key, hash) rows one task holds at most; never more boxes than buckets
 HASH = "hash"
 BUCKET = "_bucket"
 INDEX_SCHEMA = pa.schema([(HASH, pa.string()), ("source", pa.string()), ("id", pa.string())])
@@ -101,9 +101,9 @@ def earlier_index(against: str) -> Path:
     return folder
 
 
-def _tag_for_box(rows: pa.Table, keep: KeepPolicy) -> pa.Table:
+def _tag_for_box(rows: pa.Table, keep: KeepPolicy, boxes: int) -> pa.Table:
     tagged = tag(rows, keep)
-    return tagged.append_column(BOX, pc.cast(pc.remainder(tagged[BUCKET], PARTITIONS), pa.string()))
+    return tagged.append_column(BOX, pc.cast(pc.remainder(tagged[BUCKET], boxes), pa.string()))
 
 
 def _dedupe_box(tagged: pa.Table, box: str, old_dir: Path | None, new_dir: Path, scratch: Path) -> int:
@@ -133,7 +133,8 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[Parts, Path], None]:
             for f in sorted(old_dir.glob("bucket-*.parquet")):
                 (new_dir / f.name).unlink(missing_ok=True)  # a retried attempt finds its own links
                 os.link(f, new_dir / f.name)
-        scatter(rows, functools.partial(_tag_for_box, keep=keep), scratch / "hashes")
+        boxes = min(BUCKETS, boxes_for(rows.rows, ROWS_PER_BOX))
+        scatter(rows, functools.partial(_tag_for_box, keep=keep, boxes=boxes), scratch / "hashes")
         deliver(scratch / "hashes", functools.partial(_dedupe_box, old_dir=old_dir, new_dir=new_dir, scratch=scratch))
         write_meta(new_dir, HashIndexMeta())  # last: the index is complete once its metadata exists
 

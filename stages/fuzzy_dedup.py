@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
-from pipeline.mailbox import BOX, Parts, deliver, part_name, pick, post, receive
+from pipeline.mailbox import BOX, Parts, boxes_for, deliver, part_name, pick, post, receive
 from pipeline.runtime import map_in_order, releasing_memory
 from pipeline.stage import post_decisions
 from stages.dedup.components import both_directions, by_node, component_edges, distributed_components, local_components
@@ -52,11 +52,9 @@ READS: tuple[str, ...] = ("source", "id", "text", "quality_score")
 REASON = "near_duplicate"
 INDEX_DIR = "band_index"
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
-# Mailbox boxes (and band index parts): at least PARTITIONS, one more per DOCS_PER_BOX documents, so
-# what one task holds (a box's band rows and their candidate pairs) stays flat as the corpus grows.
-# Fixed by the input, never by the workers. (400k documents in 8 boxes: a worker finding candidates
-# peaked at 547 MB RSS, 330 MB when idle.)
-PARTITIONS = 8
+# Documents per mailbox box (and band index part; `pipeline.mailbox.boxes_for`): what one task holds
+# is a box's band rows and their candidate pairs. (400k documents in 8 boxes: a worker finding
+# candidates peaked at 547 MB RSS, 330 MB when idle; in 20 boxes at ~400 MB.)
 DOCS_PER_BOX = 20_000
 # Documents of an earlier run whose shingle sets are rebuilt at once: the hashing's temporaries are
 # many times the text (see stages.dedup.minhash.SIGNATURE_BATCH for the measured trade-off).
@@ -251,11 +249,6 @@ def _file_box(column: str) -> pl.Expr:
     return pl.format("{}-{}", loc["level"], loc["file"]).alias(BOX)
 
 
-def partitions(documents: int) -> int:
-    """The boxes of the stage's exchanges for a stage input of `documents` rows."""
-    return max(PARTITIONS, -(-documents // DOCS_PER_BOX))
-
-
 def _post_band_rows(docs: pa.Table, mailbox: Path, sender: str, boxes: int) -> int:
     """Each document's band rows, posted to the bucket partition of their band hash."""
     rows = pl.from_arrow(band_rows(docs)).with_columns((pl.col("band_hash") % boxes).cast(pl.String).alias(BOX))
@@ -398,7 +391,7 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[Parts, Path], None]:
     earlier = Earlier.load(fuzzy.against, settings) if fuzzy.against else None
 
     def fuzzy_dedup(rows: Parts, scratch: Path) -> None:
-        boxes = partitions(rows.rows)
+        boxes = boxes_for(rows.rows, DOCS_PER_BOX)
         own: dict[int, str] = {}
         for files in map_in_order(functools.partial(_sketch_part, rows=rows, settings=settings, scratch=scratch,
                                                     boxes=boxes), range(rows.count)):

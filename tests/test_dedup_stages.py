@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from dedup_support import edited, fates, rows_table, run_stage, web_texts, write_pieces
 
+import pipeline.mailbox
 from pipeline.config import FuzzyDedupConfig, parse_config
 from stages import duplicate_ids, exact_dedup, fuzzy_dedup
 from stages.dedup.jaccard import jaccard, shingle_sets
@@ -44,13 +45,17 @@ def test_reused_ids_across_sources_do_not_collide(ray_cluster, texts, tmp_path):
     assert written.sort_by([("file", "ascending"), ("row", "ascending")]).equals(pure.index)
 
 
-def test_exact_dedup_keys_on_source_and_id(ray_cluster, texts, tmp_path):
+def test_exact_dedup_keys_on_source_and_id(ray_cluster, texts, tmp_path, monkeypatch):
     rows = rows_table([("b", "1", texts[0]), ("a", "1", texts[0]), ("a", "2", texts[1]), ("b", "2", texts[2])])
     pure = exact_dedup.process(rows)
     assert fates(pure.decisions, rows) == {("b", "1"): "exact_duplicate"}
     assert pure.decisions["duplicate_of_source"].to_pylist() == ["a"]
     got = run_stage(ray_cluster, exact_dedup, tmp_path, write_pieces(tmp_path, rows))
     assert got.equals(pure.decisions)
+    monkeypatch.setattr(pipeline.mailbox, "MIN_BOXES", 1)
+    monkeypatch.setattr(exact_dedup, "ROWS_PER_BOX", 1)  # four boxes, not eight: the same decisions
+    assert run_stage(ray_cluster, exact_dedup, tmp_path / "many", write_pieces(tmp_path / "many", rows)).equals(
+        pure.decisions)
 
 
 def test_exact_dedup_against_an_earlier_index_rejects_only_texts_it_kept():
@@ -72,7 +77,7 @@ def test_exact_dedup_on_sms_spam_rejects_exactly_the_repeated_copies(shared_data
     assert out.index.num_rows == len(set(texts))
 
 
-def test_duplicate_id_rejects_later_records_of_one_source_naming_the_first(ray_cluster, tmp_path):
+def test_duplicate_id_rejects_later_records_of_one_source_naming_the_first(ray_cluster, tmp_path, monkeypatch):
     rows = rows_table([("a", "7", "x"), ("b", "7", "y"), ("a", "7", "z"), ("a", "8", "w"), ("a", "7", "v")])
     pure = duplicate_ids.process(rows)
     assert pure.select(["_piece", "_row", "reason", "detail", "duplicate_of_source"]).to_pylist() == [
@@ -81,6 +86,9 @@ def test_duplicate_id_rejects_later_records_of_one_source_naming_the_first(ray_c
         {"_piece": 2, "_row": 0, "reason": "duplicate_id", "detail": "id already used by the record at a.jsonl:1",
          "duplicate_of_source": "a"}]
     assert run_stage(ray_cluster, duplicate_ids, tmp_path, rows).equals(pure)
+    monkeypatch.setattr(pipeline.mailbox, "MIN_BOXES", 1)
+    monkeypatch.setattr(duplicate_ids, "ROWS_PER_BOX", 1)  # five boxes, not eight: the same decisions
+    assert run_stage(ray_cluster, duplicate_ids, tmp_path / "many", rows).equals(pure)
 
 
 def test_youtube_csvs_repeat_ids_and_each_repeat_is_named(shared_data):

@@ -15,7 +15,7 @@ from datasketch import MinHash, MinHashLSH
 from dedup_support import edited, fates, rows_table, run_stage, web_texts, write_pieces
 
 from pipeline.config import FuzzyDedupConfig, parse_config
-from pipeline.mailbox import deliver, part_name, post
+from pipeline.mailbox import MIN_BOXES, boxes_for, deliver, part_name, post
 from stages import fuzzy_dedup
 from stages.dedup.components import both_directions, component_edges, distributed_components, local_components
 from stages.dedup.lsh import band_hashes, band_rows, candidate_pairs, collision_probability, lsh_params
@@ -150,7 +150,7 @@ def test_ray_stage_matches_the_pure_function_whatever_blocks_and_clustering(ray_
         assert got.equals(pure.decisions), clustering
     # a large corpus's shape: many more boxes than the minimum, each piece file verified by its own task
     monkeypatch.setattr(fuzzy_dedup, "DOCS_PER_BOX", 3)
-    assert fuzzy_dedup.partitions(rows.num_rows) > 2 * fuzzy_dedup.PARTITIONS
+    assert boxes_for(rows.num_rows, fuzzy_dedup.DOCS_PER_BOX) > 2 * MIN_BOXES
     assert len(set(rows["_piece"].to_pylist())) > 1
     assert run_stage(ray_cluster, fuzzy_dedup, tmp_path, rows, blocks=2).equals(pure.decisions)
 

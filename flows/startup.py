@@ -7,6 +7,8 @@ at the first flow call, after Ray is up.
 """
 from __future__ import annotations
 
+import atexit
+
 from pipeline.config import RayConfig
 from pipeline.runtime import start_ray
 
@@ -24,8 +26,6 @@ def start_services(ray_config: RayConfig) -> None:
     Returns once both are up; raises what either raised, Ray's error first (pipeline.runtime.RayAuthError
     is the one a user can act on). The server stops when this process exits, however it exits.
     """
-    import atexit
-
     from flows.prefect_server import EphemeralServer
     from flows.processes import start_watchdog
 

@@ -2,8 +2,8 @@
 
 Rows become (key, hash, bucket) next to where they are read, so only those small columns move
 through the shuffle (`pipeline.mailbox`, each box a share of the buckets); each hash bucket is
-deduplicated by the same pure function the unit tests call on a plain table. Keys sort in keeper order (`stages.dedup.keys`), so a bucket's decisions cannot
-depend on worker or block counts.
+deduplicated by the same pure function the unit tests call on a plain table. Keys sort in keeper
+order (`stages.dedup.keys`), so a bucket's decisions cannot depend on worker or box counts.
 
 The kept documents' hashes persist as `hash_index/bucket-NNNNN.parquet` (hash, source, id). With
 `dedup.exact.against: <earlier run>`, each bucket also reads that run's index: a new document whose
@@ -110,7 +110,7 @@ def _dedupe_box(tagged: pa.Table, box: str, old_dir: Path | None, new_dir: Path,
     """Each hash bucket of one box, against the earlier index's bucket file when there is one; the
     bucket's index file written, its decisions posted."""
     decided = []
-    for bucket in sorted(set(tagged[BUCKET].to_pylist())):
+    for bucket in sorted(pc.unique(tagged[BUCKET]).to_pylist()):
         group = tagged.filter(pc.equal(tagged[BUCKET], bucket))
         old_file = bucket_file(old_dir, bucket) if old_dir else None
         seen = pq.read_table(old_file, schema=INDEX_SCHEMA) if old_file and old_file.is_file() else None

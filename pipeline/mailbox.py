@@ -1,5 +1,6 @@
-"""A shuffle through files: senders write one Arrow IPC letter per receiving box, each receiver
-reads its own box, one plain Ray task per sender and per box.
+"""A shuffle through files: each sender writes one Arrow IPC file holding a letter (a run of record
+batches) per receiving box, each receiver reads its own letters; one plain Ray task per sender and
+per box.
 
 The dedup stages exchange their small columns (keys, hashes, band rows, candidate pairs, shingle
 sets, decisions) this way rather than through a Ray Data groupby. Its blocks live in Ray's object
@@ -8,13 +9,23 @@ with the corpus; and any Ray Data execution starts two actors (~0.4 GB together)
 whole run. With letters, a worker holds only the box it works on. On a cluster the run directory is
 shared storage already (the final pass re-reads every piece's files), so the mailbox lives there too.
 
-A letter's name is its sender's (a part number, a box name), fixed by the input, so a retried task
-rewrites the same letter whole rather than adding one; receivers start only after every sender has
-finished, and read letters in name order, so what a box holds never depends on which task finished first.
+One file per sender, not per (sender, box): an exchange between M senders and R boxes leaves M files,
+not M x R (at a terabyte, ~16k pieces times ~15k boxes would be a quarter of a billion files). The
+file's schema metadata says which batches are which box's letter, and the IPC file format's footer
+lets a receiver read just those batches. The driver reads every sender's footer once per exchange
+(`directory`) and hands each box task the list of its letters, so no receiver scans the senders.
+
+A file's name is its sender's (a part number, a box name), fixed by the input, and it is written
+whole under a temporary name then renamed, so a retried task replaces it rather than adding one;
+receivers start only after every sender has finished, and read letters in sender name order, so
+what a box holds never depends on which task finished first.
 """
 from __future__ import annotations
 
 import functools
+import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, TypeVar
 
@@ -26,6 +37,7 @@ from pipeline.runtime import map_in_order, task_name
 
 BOX = "_box"  # the column naming each posted row's receiver
 MIN_BOXES = 8
+LETTERS = b"sluice.letters"  # schema metadata of a sender's file: {box: [first batch, end batch]}
 R = TypeVar("R")
 
 
@@ -37,6 +49,15 @@ class Parts(Protocol):
 
     def read(self, part: int) -> pa.Table:
         ...
+
+
+@dataclass(frozen=True)
+class Letter:
+    """Where one sender's rows for one box lie: batches [first, end) of its file."""
+
+    path: str
+    first: int
+    end: int
 
 
 def boxes_for(rows: int, rows_per_box: int) -> int:
@@ -52,35 +73,62 @@ def part_name(part: int) -> str:
 
 
 def post(rows: pa.Table, mailbox: Path, sender: str) -> int:
-    """Write `rows` as one letter per receiver named in their BOX column (dropped from the letter);
-    return the number of rows posted."""
+    """Write `rows` as the sender's file of `mailbox`, one letter per receiver named in their BOX
+    column (dropped from the letter); return the number of rows posted."""
+    if rows.num_rows == 0:
+        return 0
+    spans: dict[str, list[int]] = {}
+    batches: list[pa.RecordBatch] = []
     for (box,), part in pl.from_arrow(rows).group_by(BOX, maintain_order=True):
-        letter = part.drop(BOX).to_arrow()
-        folder = mailbox / str(box)
-        folder.mkdir(parents=True, exist_ok=True)
-        with pa.OSFile(str(folder / f"{sender}.arrow"), "wb") as sink, pa.ipc.new_file(sink, letter.schema) as writer:
-            writer.write_table(letter)
+        letter = part.drop(BOX).to_arrow().to_batches()
+        spans[str(box)] = [len(batches), len(batches) + len(letter)]
+        batches += letter
+    schema = batches[0].schema.with_metadata({LETTERS: json.dumps(spans)})
+    mailbox.mkdir(parents=True, exist_ok=True)
+    final = mailbox / f"{sender}.arrow"
+    temporary = final.with_name(f".{final.name}.tmp")  # not an `*.arrow` a receiver would list
+    with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    os.replace(temporary, final)
     return rows.num_rows
 
 
-def receive(box: Path) -> pa.Table:
-    """Every letter in `box`, in name order, so the table does not depend on which sender finished first."""
+def directory(mailbox: Path) -> dict[str, list[Letter]]:
+    """Every box of `mailbox` with its letters in sender name order, from each sender's footer alone."""
+    found: dict[str, list[Letter]] = {}
+    for path in sorted(mailbox.glob("*.arrow")) if mailbox.is_dir() else []:
+        with pa.OSFile(str(path)) as source:
+            spans = json.loads(pa.ipc.open_file(source).schema.metadata[LETTERS])
+        for box, (first, end) in spans.items():
+            found.setdefault(box, []).append(Letter(str(path), first, end))
+    return dict(sorted(found.items()))
+
+
+def _read(letter: Letter, source: pa.NativeFile) -> pa.Table:
+    reader = pa.ipc.open_file(source)
+    batches = [reader.get_batch(i) for i in range(letter.first, letter.end)]
+    return pa.Table.from_batches(batches, reader.schema.remove_metadata())
+
+
+def read(letters: list[Letter]) -> pa.Table:
+    """One box's letters as one table, in the order given."""
     tables = []
-    for path in sorted(box.glob("*.arrow")):
-        with pa.OSFile(str(path)) as source:  # read, not memory-mapped: pages go when the table does
-            tables.append(pa.ipc.open_file(source).read_all())
+    for letter in letters:
+        with pa.OSFile(letter.path) as source:  # read, not memory-mapped: pages go when the table does
+            tables.append(_read(letter, source))
     return pa.concat_tables(tables)
 
 
-def pick(box: Path, column: str, values: pa.Array) -> pa.Table:
-    """The rows of `box`'s letters whose `column` is among `values`, read through a memory map, so
-    only the pages of the rows asked for (and of `column`) are read."""
+def pick(letters: list[Letter], column: str, values: pa.Array) -> pa.Table:
+    """The rows of `letters` whose `column` is among `values`, read through a memory map, so only the
+    pages of the rows asked for (and of `column`) are read."""
     tables = []
-    for path in sorted(box.glob("*.arrow")):
-        with pa.memory_map(str(path)) as source:
-            letter = pa.ipc.open_file(source).read_all()
-            wanted = pc.is_in(letter[column], value_set=values.cast(letter.schema.field(column).type))
-            tables.append(letter.filter(wanted))
+    for letter in letters:
+        with pa.memory_map(letter.path) as source:
+            table = _read(letter, source)
+            wanted = pc.is_in(table[column], value_set=values.cast(table.schema.field(column).type))
+            tables.append(table.filter(wanted))
     return pa.concat_tables(tables)
 
 
@@ -94,12 +142,13 @@ def scatter(parts: Parts, route: Callable[[pa.Table], pa.Table], mailbox: Path) 
                             name=task_name(route)))
 
 
-def _open_box(mailbox: Path, handle: Callable[[pa.Table, str], R], box: str) -> R:
-    return handle(receive(mailbox / box), box)
+def _open_box(handle: Callable[[pa.Table, str], R], box: tuple[str, list[Letter]]) -> R:
+    name, letters = box
+    return handle(read(letters), name)
 
 
 def deliver(mailbox: Path, handle: Callable[[pa.Table, str], R]) -> list[R]:
     """`handle(letters, box)` for each box of `mailbox`, one Ray task per box, results in box name
     order (none when nothing was posted). A handler that sends on posts with its box as the sender."""
-    boxes = sorted(p.name for p in mailbox.iterdir()) if mailbox.is_dir() else []
-    return list(map_in_order(functools.partial(_open_box, mailbox, handle), boxes, name=task_name(handle)))
+    boxes = directory(mailbox).items()
+    return list(map_in_order(functools.partial(_open_box, handle), boxes, name=task_name(handle)))

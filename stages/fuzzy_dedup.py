@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import FuzzyDedupConfig, KeepPolicy, Section, SluiceConfig
-from pipeline.mailbox import BOX, Parts, boxes_for, deliver, part_name, pick, post, receive
+from pipeline.mailbox import BOX, Letter, Parts, boxes_for, deliver, directory, part_name, pick, post, read
 from pipeline.runtime import map_in_order, releasing_memory
 from pipeline.stage import post_decisions
 from stages.dedup.components import both_directions, by_node, component_edges, distributed_components, local_components
@@ -288,9 +288,10 @@ def _edges_by_node(edges: pa.Table, box: str, to: Path, boxes: int) -> int:
 @dataclass(frozen=True)
 class SetSource:
     """Where verification finds a candidate's shingle set: a new document's among the letters the
-    sketch step posted, an earlier run's rebuilt from its text."""
+    sketch step posted (their `directory`, read once on the driver), an earlier run's rebuilt from
+    its text."""
 
-    letters: Path
+    letters: dict[str, list[Letter]]
     files: TextFiles
     params: MinHashParams
 
@@ -300,7 +301,7 @@ class SetSource:
         old = where.filter(pl.col("old"))["key"].to_list()
         sets = rebuilt_sets(old, self.files, self.params) if old else {}
         for (box,), group in where.filter(~pl.col("old")).group_by(BOX):
-            found = pick(self.letters / box, "key", group["key"].to_arrow())
+            found = pick(self.letters[box], "key", group["key"].to_arrow())
             sets.update(zip(found["key"].to_pylist(), map(from_blob, found[SETS].to_pylist())))
         return sets
 
@@ -349,7 +350,7 @@ def _both_directions(edges: pa.Table, box: str, to: Path, boxes: int) -> int:
 
 @releasing_memory  # the driver hands the edges' and union-find's heap back before the stage goes on
 def _cluster_here(edges: Path, scratch: Path, detail: str, boxes: int) -> None:
-    found = [receive(box).cast(EDGE_SCHEMA) for box in sorted(edges.iterdir())] if edges.is_dir() else []
+    found = [read(letters).cast(EDGE_SCHEMA) for letters in directory(edges).values()]
     table = pa.concat_tables(found) if found else EDGE_SCHEMA.empty_table()
     _decide(local_components(table), "driver", scratch, detail, boxes)
 
@@ -406,7 +407,7 @@ def build(cfg: SluiceConfig, workdir: Path) -> Callable[[Parts, Path], None]:
                 pass
         if settings.verify:
             deliver(scratch / "bands", functools.partial(_pairs_by_node_file, to=scratch / "pairs"))
-            source = SetSource(scratch / SETS, files, settings.minhash)
+            source = SetSource(directory(scratch / SETS), files, settings.minhash)
             n_edges = sum(deliver(scratch / "pairs", functools.partial(
                 _verify, source=source, threshold=settings.threshold, to=scratch / "edges", boxes=boxes)))
         else:

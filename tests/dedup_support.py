@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from ray import cloudpickle
 
 from pipeline.config import parse_config
-from pipeline.mailbox import receive
+from pipeline.mailbox import directory, read
 from pipeline.rundir import RunDir
 from pipeline.schema import DECISION_SCHEMA
 from pipeline.stage import DECIDED
@@ -91,8 +91,7 @@ def run_stage(ray, module, root: Path, rows: pa.Table, blocks: int = 3, **dedup)
     scratch = RunDir.exchange(workdir)
     shutil.rmtree(scratch, ignore_errors=True)
     module.build(cfg, workdir)(TableParts(rows, blocks), scratch)
-    boxes = sorted((scratch / DECIDED).iterdir()) if (scratch / DECIDED).is_dir() else []
-    out = [receive(box).cast(DECISION_SCHEMA) for box in boxes]
+    out = [read(letters).cast(DECISION_SCHEMA) for letters in directory(scratch / DECIDED).values()]
     table = pa.concat_tables(out) if out else DECISION_SCHEMA.empty_table()
     return table.sort_by([("_piece", "ascending"), ("_row", "ascending")])
 

@@ -54,8 +54,9 @@ INDEX_DIR = "band_index"
 SHINGLE_HASH = "poly64-fmix64-v1"  # bump when the shingle or band hash changes: old indexes then refuse to load
 # Documents per mailbox box (and band index part; `pipeline.mailbox.boxes_for`): what one task holds
 # is a box's band rows and their candidate pairs. (400k documents in 8 boxes: a worker finding
-# candidates peaked at 547 MB RSS, 330 MB when idle; in 20 boxes at ~400 MB.)
-DOCS_PER_BOX = 20_000
+# candidates peaked at 547 MB RSS, 330 MB when idle; in 20 boxes at 425 MB, the `sluice dedup` tree at
+# 1,985 MB; in 40 boxes the candidate step is no longer the tree's peak, 1,957 MB, no slower.)
+DOCS_PER_BOX = 10_000
 # Documents of an earlier run whose shingle sets are rebuilt at once: the hashing's temporaries are
 # many times the text (see stages.dedup.minhash.SIGNATURE_BATCH for the measured trade-off).
 HASH_BATCH = 512

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -121,6 +122,22 @@ def test_clean_normalises_and_rejects_empty():
     out = clean.process(docs(["  Cafe\u0301\t\tau  lait\r\n\n\n\nfin\x07 ", "\u200b \n\t", "ok"]), CleanConfig())
     assert out.kept["text"].to_pylist() == ["Caf\u00e9 au lait\n\nfin", "ok"]
     assert out.rejected["id"].to_pylist() == ["d001"] and out.rejected["reason"].to_pylist() == ["empty"]
+
+
+@pytest.mark.parametrize("form", ["NFC", "NFKC"])
+def test_clean_normalises_exactly_as_arrow_even_characters_newer_than_pythons_unicode(form):
+    """Python's quick check only clears rows; characters it does not know still reach Arrow's
+    normaliser (Unicode 16's outlined letters fold under NFKC; Kirat Rai vowels compose under NFC)."""
+    texts = ["\U0001ccd6 outlined", "\U00016d67\U00016d67 kirat", "Cafe\u0301", "\ufb01ne", "plain ascii", "d\u00e9j\u00e0"]
+    got = clean.clean_text(pa.array(texts), CleanConfig(unicode_form=form, collapse_whitespace=False))
+    assert got.to_pylist() == pc.utf8_normalize(pa.array(texts), form).to_pylist()
+    assert got[0].as_py() != texts[0] if form == "NFKC" else got[1].as_py() != texts[1]  # the case that needs Arrow
+
+
+def test_clean_leaves_right_spacing_alone_and_fixes_the_rest():
+    texts = ["a b\nc", "a  b \n c", "a\tb\u00a0c", "a\n\n\n\nb", " \n x \n "]
+    got = clean.clean_text(pa.array(texts), CleanConfig())
+    assert got.to_pylist() == ["a b\nc", "a b\nc", "a b\u00a0c", "a\n\nb", "x"]  # RE2's \s is ASCII: NBSP stays
 
 
 # -- run directory ------------------------------------------------------------------------------

@@ -33,6 +33,10 @@ POLICY = r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies
 SENTENCE_END = r"""[.?!]+["'”’)\]]*(\s|$)"""
 SHORT_LINE_CHARS = 30
 PARAGRAPH_BREAK = "\x00"
+# Odd 64-bit multiplier (the golden ratio's) folding a document number into an n-gram hash: two
+# (document, n-gram) pairs then share a group only if their 64-bit hashes collide, the same odds
+# as two n-grams of one document, which the n-gram keys already take.
+DOC_MIX = pl.lit(0x9E3779B97F4A7C15, pl.UInt64)
 
 
 @dataclass(frozen=True)
@@ -181,9 +185,9 @@ def _ngram_repetition(docs: pl.DataFrame) -> pl.DataFrame:
             chars=pl.col("wlen").rolling_sum(n).shift(-(n - 1)),
         )
         valid = w.with_columns(key=pl.when(pl.col("pos") + n <= pl.col("n")).then(pl.col("key")))
-        if n <= 4:
-            top = (valid.drop_nulls("key").group_by("doc", "key")
-                   .agg(c=pl.len(), ch=pl.col("chars").first())
+        if n <= 4:  # grouped on one column, (doc, key) folded into 64 bits: 3x faster than on two
+            top = (valid.drop_nulls("key").group_by(pl.col("key") ^ (pl.col("doc").cast(pl.UInt64) * DOC_MIX))
+                   .agg(doc=pl.col("doc").first(), c=pl.len(), ch=pl.col("chars").first())
                    .filter(pl.col("c") > 1)
                    .group_by("doc").agg((pl.col("c") * pl.col("ch")).max().alias(f"top_{n}gram")))
             out = out.join(top, on="doc", how="left")
@@ -255,16 +259,17 @@ def _c4(docs: pl.DataFrame, rules: dict[str, ActiveRule]) -> pl.DataFrame:
         "c4.curly_bracket": lambda r: pl.col("line").str.contains("{", literal=True),
         "c4.policy": lambda r: lower.str.contains(POLICY),
     }
-    alive = pl.lit(True)
-    flags = {}
+    # `alive` is a column, rewritten after each rule: as one expression it nests the previous rules'
+    # twice per rule, and polars evaluated it so (7x slower at 8 rules)
+    lines = lines.with_columns(alive=pl.lit(True))
+    flags = []
     for name in C4_LINE_ORDER:
         if name not in rules:
             continue
-        hit = alive & fails[name](rules[name])
-        flags[name] = hit
+        lines = lines.with_columns(**{f"f:{name}": pl.col("alive") & fails[name](rules[name])})
+        flags.append(name)
         if RULES_BY_NAME[name].line and name != "c4.citations":  # citations edit a line, never drop it
-            alive = alive & ~hit
-    lines = lines.with_columns(alive=alive, **{f"f:{k}": v for k, v in flags.items()})
+            lines = lines.with_columns(alive=pl.col("alive") & ~pl.col(f"f:{name}"))
     sentences = pl.max_horizontal(pl.col("line").str.count_matches(SENTENCE_END), pl.lit(1))
     agg = lines.group_by("doc").agg(
         pl.col("line").filter(pl.col("alive")).str.join("\n").alias("c4_text"),

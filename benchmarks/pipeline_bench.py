@@ -15,8 +15,9 @@ For each corpus size this script
      and so is each process's RSS at the tree's peak (where the memory lies);
   3. times the one-process floor of each row-local stage's core on a sample of the corpus: fastText
      predict, `quality.rules.evaluate` and MinHash signatures in a fresh process on one thread (one
-     core, as each Ray task gets), `Tokenizer.encode_batch` in this process on every core,
-     and divides each stage's rate (its documents in over its time, from the run's run_info.json) by it:
+     core, as each Ray task gets), read right before and right after `sluice run` and averaged (the
+     machine's speed drifts within minutes), `Tokenizer.encode_batch` right after it in this process
+     on every core, and divides each stage's rate (its documents in over its time, from the run's run_info.json) by it:
      a row-local stage's time is its share of the fused pass's wall time (the rate a user sees on all
      cores), and its rate per worker is printed beside it;
   4. runs rensa + its LSH and datasketch `MinHash.bulk` + `MinHashLSH` on the same corpus, each in a
@@ -344,26 +345,35 @@ def row_local_floors(corpus_path: Path, repeat: int) -> dict[str, float]:
     return out
 
 
-def floors(corpus_path: Path, tokenizer: Path | None, repeat: int) -> dict[str, float]:
-    """The row-local floors and `encode_batch`'s tokens/s in this process on every core, as a user
-    calling it would run it. A row-local floor is its component on one core: a fresh process with
-    the thread settings of a Ray task (`pipeline.runtime.WORKER_ENV`, and OpenMP at one thread as Ray
-    sets it), so "1.6x its floor on 2 cores" reads as parallel scaling."""
+def one_core_floors(corpus_path: Path, repeat: int) -> dict[str, float]:
+    """The row-local floors, each its component on one core: a fresh process with the thread settings
+    of a Ray task (`pipeline.runtime.WORKER_ENV`, and OpenMP at one thread as Ray sets it), so "1.6x
+    its floor on 2 cores" reads as parallel scaling."""
     from pipeline.runtime import WORKER_ENV
 
     cmd = [sys.executable, __file__, "--floors", "--corpus", str(corpus_path), "--repeat", str(repeat)]
     one_core = {**os.environ, **WORKER_ENV, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=one_core, capture_output=True, text=True, check=True)
-    out: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
-    if tokenizer and tokenizer.exists():
-        from tokenizers import Tokenizer
+    return json.loads(done.stdout.splitlines()[-1])
 
-        texts = sample_texts(corpus_path)
-        tok = Tokenizer.from_file(str(tokenizer))
-        n_tokens = sum(len(e.ids) for e in tok.encode_batch(texts))
-        out["encode_batch"] = _rate(tok.encode_batch, texts, repeat)
-        out["encode_batch tokens/s"] = out["encode_batch"] * n_tokens / len(texts)
-    return out
+
+def encode_floor(corpus_path: Path, tokenizer: Path, repeat: int) -> dict[str, float]:
+    """`encode_batch` in this process on every core, as a user calling it would run it."""
+    from tokenizers import Tokenizer
+
+    texts = sample_texts(corpus_path)
+    tok = Tokenizer.from_file(str(tokenizer))
+    n_tokens = sum(len(e.ids) for e in tok.encode_batch(texts))
+    docs_per_s = _rate(tok.encode_batch, texts, repeat)
+    return {"encode_batch": docs_per_s, "encode_batch tokens/s": docs_per_s * n_tokens / len(texts)}
+
+
+def bracketing_floors(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Each floor as the mean of its readings right before and right after the run it is compared
+    with: this machine's speed drifts by up to 2x within minutes (fastText's floor read 2,057 docs/s
+    minutes after a run it ran at 1,335 docs/s per worker, and 1,150 when read again later), so a
+    floor read once, long after, measures the moment rather than the code."""
+    return {name: (before[name] + after[name]) / 2 for name in before.keys() & after.keys()}
 
 
 def _langid(texts: list[str]):
@@ -467,13 +477,19 @@ def run_size(n_docs: int, args) -> dict:
     runs = {"sluice dedup": ["dedup", str(corpus_path), "--out", str(args.workdir / f"dedup-{n_docs}"),
                              "--threshold", str(args.threshold)],
             "sluice run": ["run", "--input", str(corpus_path), "--out", str(args.workdir / f"run-{n_docs}")]}
-    summaries = {}
+    summaries, readings = {}, {}
     for name, cli_args in runs.items():
         if name.split()[1] not in args.commands:
             continue
         out_dir = Path(cli_args[cli_args.index("--out") + 1])
         shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, never a resumed one
+        if name == "sluice run":
+            readings["before"] = one_core_floors(corpus_path, args.repeat)
         m = measure(sluice_cmd() + cli_args, env)
+        if name == "sluice run":
+            readings["after"] = one_core_floors(corpus_path, args.repeat)
+            if (out_dir / "shards" / "tokenizer.json").exists():
+                readings["after"] |= encode_floor(corpus_path, out_dir / "shards" / "tokenizer.json", args.repeat)
         summary = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").exists() else None
         summaries[name] = summary
         record(name, m, {"stage_seconds": stage_times(out_dir), "summary": summary})
@@ -491,7 +507,10 @@ def run_size(n_docs: int, args) -> dict:
     shards = args.workdir / f"run-{n_docs}" / "shards"
     if (shards / "manifest.json").exists():
         result["tokens"] = json.loads((shards / "manifest.json").read_text())["tokens"]
-    result["floors"] = floors(corpus_path, shards / "tokenizer.json", args.repeat)
+    if readings:
+        result["floor_readings"] = readings
+        result["floors"] = bracketing_floors(readings["before"], readings["after"]) | {
+            k: v for k, v in readings["after"].items() if k.startswith("encode_batch")}
     result["stages"] = stage_ratios(result, summaries.get("sluice run"))
     print_size(result, bands, rows)
     return result
@@ -505,7 +524,7 @@ def stage_ratios(result: dict, summary: dict | None) -> dict:
     the rate a user sees on this machine's cores; the work-seconds rate is the rate per worker.
     """
     run = result["runs"].get("sluice run")
-    if not run:
+    if not run or "floors" not in result:
         return {}
     docs_in = {s["stage"]: s["in"] for s in (summary or {}).get("stages", [])}
     tokens = result.get("tokens")
@@ -572,6 +591,9 @@ def print_size(result: dict, bands: int, rows: int) -> None:
                   f"| {per_worker} |")
         print(f"row-local stages: fused in one pass of {result['runs']['sluice run']['stage_seconds'].get(ROW_LOCAL_WALL, 0):,.1f} s "
               "wall; each stage's wall share is its part of the pass's work seconds")
+        before, after = result["floor_readings"]["before"], result["floor_readings"]["after"]
+        print("one-core floors read right before / right after `sluice run` (their mean is the floor above): "
+              + ", ".join(f"{k} {before[k]:,.0f} / {after[k]:,.0f}" for k in before if k in after))
 
 
 def main() -> None:

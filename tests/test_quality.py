@@ -7,6 +7,7 @@ import csv
 import gzip
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -405,6 +406,22 @@ def test_platt_calibration_recovers_a_known_distortion():
     assert cal.a == pytest.approx(2.0, abs=0.15) and cal.b == pytest.approx(2.0, abs=0.15)
     assert classifier.expected_calibration_error(labels, cal.apply(raw)) < 0.02
     assert classifier.expected_calibration_error(labels, raw) > 0.1
+
+
+def test_classifier_input_spaces_punctuation_as_the_dclm_substitution_does(shared_data):
+    """`normalize` splits on punctuation and joins with spaces; the reference is the substitution
+    it replaced, on real text and on runs of punctuation, Unicode digits and spaces, underscores."""
+    def substituted(text: str) -> str:
+        text = unicodedata.normalize("NFKC", text).lower()
+        text = re.sub(r"\d", "0", re.sub(r"([^\w\s])", r" \1 ", text))
+        return re.sub(r"\s+", " ", text).strip()
+
+    tricky = ["", "  ", "a,.b", "¿Qué? ¡Sí!", "x\u00a0y\u2003z", "٣٤ and ①②", "İstanbul ß ﬁ", "a\tb\r\n\x1cc",
+              "__init__", "a_b-c", "…—–", "e\u0301", "\x00\x85"]
+    real = [p.read_text(encoding="utf-8", errors="replace")[:20_000] for p in sorted((shared_data / "gutenberg").glob("*.txt"))[:3]]
+    for text in tricky + real:
+        assert classifier.normalize(text) == substituted(text)
+    assert classifier.normalize("Hi, 2 U!") == "hi , 0 u !"
 
 
 def test_score_table_judges_only_the_configured_languages(shared_data):

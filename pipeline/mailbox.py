@@ -12,8 +12,8 @@ shared storage already (the final pass re-reads every piece's files), so the mai
 One file per sender, not per (sender, box): an exchange between M senders and R boxes leaves M files,
 not M x R (at a terabyte, ~16k pieces times ~15k boxes would be a quarter of a billion files). The
 file's schema metadata says which batches are which box's letter, and the IPC file format's footer
-lets a receiver read just those batches. The driver reads every sender's footer once per exchange
-(`directory`) and hands each box task the list of its letters, so no receiver scans the senders.
+lets a receiver read just those batches: a box task opens each sender's footer and reads its own
+letters, while the driver holds only the sender and box names (M + R, not M x R entries).
 
 A file's name is its sender's (a part number, a box name), fixed by the input, and it is written
 whole under a temporary name then renamed, so a retried task replaces it rather than adding one;
@@ -94,14 +94,30 @@ def post(rows: pa.Table, mailbox: Path, sender: str) -> int:
     return rows.num_rows
 
 
+def _senders(mailbox: Path) -> list[str]:
+    """The senders' files of `mailbox`, in name order."""
+    return [str(p) for p in sorted(mailbox.glob("*.arrow"))] if mailbox.is_dir() else []
+
+
+def _spans(sender: str) -> dict[str, list[int]]:
+    """A sender's boxes and the batch span of each, from its footer alone."""
+    with pa.OSFile(sender) as source:
+        return json.loads(pa.ipc.open_file(source).schema.metadata[LETTERS])
+
+
+def _letters_for(senders: list[str], box: str) -> list[Letter]:
+    """`box`'s letters among `senders`' files, in their order."""
+    return [Letter(sender, *span) for sender in senders if (span := _spans(sender).get(box))]
+
+
 def directory(mailbox: Path) -> dict[str, list[Letter]]:
-    """Every box of `mailbox` with its letters in sender name order, from each sender's footer alone."""
+    """Every box of `mailbox` with its letters in sender name order. Its size is senders x boxes, so
+    it is for exchanges where each sender writes to few boxes (shingle sets, by their file);
+    `deliver` keeps only the box names and lets each box task find its own letters."""
     found: dict[str, list[Letter]] = {}
-    for path in sorted(mailbox.glob("*.arrow")) if mailbox.is_dir() else []:
-        with pa.OSFile(str(path)) as source:
-            spans = json.loads(pa.ipc.open_file(source).schema.metadata[LETTERS])
-        for box, (first, end) in spans.items():
-            found.setdefault(box, []).append(Letter(str(path), first, end))
+    for sender in _senders(mailbox):
+        for box, (first, end) in _spans(sender).items():
+            found.setdefault(box, []).append(Letter(sender, first, end))
     return dict(sorted(found.items()))
 
 
@@ -142,13 +158,15 @@ def scatter(parts: Parts, route: Callable[[pa.Table], pa.Table], mailbox: Path) 
                             name=task_name(route)))
 
 
-def _open_box(handle: Callable[[pa.Table, str], R], box: tuple[str, list[Letter]]) -> R:
-    name, letters = box
-    return handle(read(letters), name)
+def _open_box(handle: Callable[[pa.Table, str], R], senders: list[str], box: str) -> R:
+    return handle(read(_letters_for(senders, box)), box)
 
 
 def deliver(mailbox: Path, handle: Callable[[pa.Table, str], R]) -> list[R]:
     """`handle(letters, box)` for each box of `mailbox`, one Ray task per box, results in box name
-    order (none when nothing was posted). A handler that sends on posts with its box as the sender."""
-    boxes = directory(mailbox).items()
-    return list(map_in_order(functools.partial(_open_box, handle), boxes, name=task_name(handle)))
+    order (none when nothing was posted). A handler that sends on posts with its box as the sender.
+    The driver holds the senders' names and the box names only; each task reads the senders'
+    footers for its own letters."""
+    senders = _senders(mailbox)
+    boxes = sorted({box for sender in senders for box in _spans(sender)})
+    return list(map_in_order(functools.partial(_open_box, handle, senders), boxes, name=task_name(handle)))

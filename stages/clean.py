@@ -2,7 +2,7 @@
 
 Vectorised with Arrow compute kernels over the whole batch. Each rewrite runs only on the rows that
 need it: most documents need none of them, and a kernel's cost is in the rows it rewrites while
-finding them is a cheap scan (on real text, 6,000 documents cleaned in 0.3 s rather than 1.1 s).
+finding them is a cheap scan (20,000 real documents cleaned in 0.69 s rather than 2.00 s, one probe).
 """
 from __future__ import annotations
 

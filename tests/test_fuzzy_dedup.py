@@ -19,7 +19,7 @@ from pipeline.mailbox import MIN_BOXES, boxes_for, deliver, part_name, post
 from stages import fuzzy_dedup
 from stages.dedup.components import both_directions, component_edges, distributed_components, local_components
 from stages.dedup.lsh import band_hashes, band_rows, candidate_pairs, collision_probability, lsh_params
-from stages.dedup.minhash import MinHashParams, shingle_hasher, shingle_hashes, shingle_lists, signatures
+from stages.dedup.minhash import MinHashParams, normalize, shingle_hasher, shingle_hashes, shingle_lists, signatures
 
 SHORT = ["", "Tiny.", "two words", "Punctuation!!! only, here?"]
 
@@ -51,7 +51,7 @@ def test_a_worker_given_pickled_params_signs_without_importing_datasketch_or_sci
 @pytest.mark.parametrize("params", [MinHashParams(), MinHashParams(num_perm=64, seed=7, ngram=3),
                                     MinHashParams(ngram=4, char_ngrams=True, lowercase=False)])
 def test_signatures_equal_datasketch_fed_the_same_shingles(shared_data, params):
-    texts = web_texts(shared_data, 8 if params.char_ngrams else 40, 0) + SHORT
+    texts = SHORT + web_texts(shared_data, 8 if params.char_ngrams else 40, 0) + SHORT  # short ones between long ones
     lists = shingle_lists(texts, params)
     shingle_hash = shingle_hasher(params)
     hashes, doc = shingle_hashes(texts, params)
@@ -65,6 +65,13 @@ def test_signatures_equal_datasketch_fed_the_same_shingles(shared_data, params):
     assert all(lists)  # every document, even an empty one, has a shingle
     if not params.char_ngrams:  # fewer words than the n-gram size: the whole normalised text
         assert lists[-4:] == [[""], ["tiny"], ["two words"], ["punctuation only here"]]
+
+
+def test_normalising_replaces_only_the_runs_that_change_yet_equals_replacing_every_run(shared_data):
+    texts = web_texts(shared_data, 40, 0) + SHORT + [" a  b\u00a0c\u3000d\te ", "x - y, z.", "\u00e9 \u00c9 \u00df"]
+    column = pl.Series("text", texts).to_frame()
+    every_run = pl.col("text").str.to_lowercase().str.replace_all(r"[\p{P}\p{S}\s]+", " ").str.strip_chars(" ")
+    assert column.select(normalize(pl.col("text"))).equals(column.select(every_run))
 
 
 def test_torch_backend_is_bit_identical_to_numpy(shared_data):

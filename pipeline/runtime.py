@@ -11,6 +11,7 @@ token auth on every path and fails at once, saying what to set, when it cannot h
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -177,6 +178,34 @@ def _check_auth_mode(mode: str) -> None:
                            f"but Sluice asked for {mode!r}")
 
 
+@contextlib.contextmanager
+def _lean_head(keep_monitor: bool) -> Iterator[None]:
+    """While a local head starts: without the log monitor, and without the autoscaler's monitor unless
+    `keep_monitor`.
+
+    Both do nothing for the embedded cluster, whose size is fixed and whose workers' output is not
+    streamed to the driver (`log_to_driver=False`), yet each is a Python process of ~90 MB that also
+    slows `ray.shutdown` (a tree of 2.05 GB at `sluice dedup`'s peak carried both). `ray start` has
+    flags for them (`--no-monitor`, `--include-log-monitor`), `ray.init` none, so their `RayParams`
+    defaults are changed for the duration. The monitor stays with the dashboard, whose cluster-status
+    panel shows what the monitor publishes.
+    """
+    from ray._private import parameter  # noqa: SLF001 (no public API)
+
+    original = parameter.RayParams.__init__
+
+    def init(self, *args, **kwargs) -> None:
+        kwargs.setdefault("include_log_monitor", False)
+        kwargs.setdefault("no_monitor", not keep_monitor)
+        original(self, *args, **kwargs)
+
+    parameter.RayParams.__init__ = init
+    try:
+        yield
+    finally:
+        parameter.RayParams.__init__ = original
+
+
 def start_ray(cfg: RayConfig | None = None) -> str | None:
     """Connect to (or start) Ray once per process; return the dashboard URL, if any.
 
@@ -194,15 +223,16 @@ def start_ray(cfg: RayConfig | None = None) -> str | None:
     if remote:
         ray.init(address=address, runtime_env=_runtime_env(remote), **common)
     else:
-        ray.init(
-            address="local",  # never attach silently to some other cluster on this machine
-            runtime_env=_runtime_env(remote),
-            num_cpus=cfg.num_cpus,
-            include_dashboard=cfg.dashboard,
-            dashboard_host="127.0.0.1",
-            dashboard_port=cfg.dashboard_port,
-            **common,
-        )
+        with _lean_head(keep_monitor=cfg.dashboard):
+            ray.init(
+                address="local",  # never attach silently to some other cluster on this machine
+                runtime_env=_runtime_env(remote),
+                num_cpus=cfg.num_cpus,
+                include_dashboard=cfg.dashboard,
+                dashboard_host="127.0.0.1",
+                dashboard_port=cfg.dashboard_port,
+                **common,
+            )
     _check_auth_mode(mode)
     url = dashboard_url()
     if url:

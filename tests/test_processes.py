@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -69,6 +70,26 @@ def test_the_watchdog_sweeps_what_others_started_for_a_killed_command():
         assert alive_after([orphan], 30) == []
     finally:
         kill_group(parent.pid)
+
+
+def test_the_embedded_cluster_starts_no_monitor_nor_log_monitor_and_runs_tasks():
+    """Neither does anything for a fixed-size cluster whose logs stay off the driver: ~90 MB each."""
+    child = python("""
+        import json, ray
+        from ray._private import ray_constants
+        from pipeline.config import RayConfig
+        from pipeline.runtime import start_ray
+        start_ray(RayConfig(num_cpus=1))
+        started = ray._private.worker._global_node.all_processes
+        doubled = ray.get(ray.remote(lambda x: 2 * x).remote(21))
+        print(json.dumps({"doubled": doubled, "started": sorted(started),
+                          "skipped": [ray_constants.PROCESS_TYPE_MONITOR, ray_constants.PROCESS_TYPE_LOG_MONITOR]}))
+    """, env={**os.environ, "RAY_ADDRESS": ""})
+    out, _ = child.communicate(timeout=180)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["doubled"] == 42
+    assert "gcs_server" in result["started"] and "raylet" in result["started"]
+    assert not set(result["skipped"]) & set(result["started"])
 
 
 def test_a_second_holder_of_the_serve_lock_is_refused(tmp_path):

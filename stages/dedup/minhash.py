@@ -72,10 +72,11 @@ class MinHashParams:
 
 
 # A run of punctuation, symbols and whitespace becomes one space. The pattern leaves a lone " "
-# alone, as it stands for itself: matching only the runs that change (one in seven, between words)
-# made normalising 1.6x faster than replacing every run, with the same output.
-SEPARATOR = r"[\p{P}\p{S}\s]"
-SEPARATOR_RUNS = rf"{SEPARATOR}{{2,}}|[\p{{P}}\p{{S}}\s&&[^ ]]"
+# alone, as it stands for itself: matching only the runs that change (two or more separators, or one
+# that is not a space) gives the same output as replacing every run, and was 1.6x faster in a probe
+# on real text, a match's cost being most of the work.
+SEPARATORS = r"\p{P}\p{S}\s"
+SEPARATOR_RUNS = rf"[{SEPARATORS}]{{2,}}|[{SEPARATORS}&&[^ ]]"
 
 
 def normalize(text: pl.Expr, lowercase: bool = True) -> pl.Expr:
@@ -204,8 +205,9 @@ def shingle_hashes(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray,
     h = np.zeros(windows, U64)
     for t in range(n):
         h = h * U64(POLY) + hashes[t:windows + t]
-    inside = np.arange(windows) + n <= ends[doc[:windows]]
-    h, owner, width = h[inside], doc[:windows][inside], np.full(int(inside.sum()), n, U64)
+    starts_in = doc[:windows]  # the document each window starts in
+    inside = np.arange(windows) + n <= ends[starts_in]
+    h, owner, width = h[inside], starts_in[inside], np.full(int(inside.sum()), n, U64)
     short = np.flatnonzero(counts < n)  # fewer tokens than n (at least the one ""): one shingle of them all
     if len(short):
         first, size = ends[short] - counts[short], counts[short]
